@@ -1,0 +1,111 @@
+// A fixed-width SIMD value for the CPU kernels, on top of the GCC/Clang vector
+// extensions. The kernels are written once against Vec<T, W>; each entry point is
+// compiled for several instruction sets (OFA_CPU_MULTIVERSION) and picked at load
+// time, so one binary uses AVX-512 where the CPU has it and still runs elsewhere.
+// Everything here is header-only plain C++: no torch, no intrinsics.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define OFA_INLINE inline __attribute__((always_inline))
+#define OFA_VEC_EXT 1
+#else
+#define OFA_INLINE inline
+#define OFA_VEC_EXT 0
+#endif
+
+// Compile an entry point for AVX-512, AVX2+FMA and the baseline; the loader's
+// resolver picks the best one the CPU supports. GCC >= 8 on x86-64 ELF only.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && \
+    !defined(OFA_FAST_NO_MULTIVERSION)
+#define OFA_CPU_MULTIVERSION \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define OFA_CPU_MULTIVERSION
+#endif
+
+namespace ofa_fast {
+namespace cpu {
+
+template <typename T, int W, bool UseExt = (OFA_VEC_EXT && W > 1)>
+struct Vec;
+
+#if OFA_VEC_EXT
+template <typename T, int W>
+struct Vec<T, W, true> {
+  typedef T raw __attribute__((vector_size(sizeof(T) * W)));
+  typedef T uraw __attribute__((vector_size(sizeof(T) * W), aligned(alignof(T)), may_alias));
+  raw v;
+  static OFA_INLINE Vec zero() {
+    Vec r;
+    r.v = raw{};
+    return r;
+  }
+  static OFA_INLINE Vec load(const T* p) {
+    Vec r;
+    r.v = *reinterpret_cast<const uraw*>(p);
+    return r;
+  }
+  static OFA_INLINE Vec splat(T s) {
+    Vec r;
+    r.v = raw{} + s;
+    return r;
+  }
+  OFA_INLINE void store(T* p) const { *reinterpret_cast<uraw*>(p) = v; }
+  OFA_INLINE void fma(const Vec& a, const Vec& b) { v += a.v * b.v; }
+  OFA_INLINE void fma(const Vec& a, T b) { v += a.v * b; }
+  OFA_INLINE void add(const Vec& a) { v += a.v; }
+  OFA_INLINE T sum() const {
+    T s = 0;
+    for (int i = 0; i < W; ++i) s += v[i];
+    return s;
+  }
+};
+#endif
+
+// Portable fallback (and the scalar W == 1 case the channel tails use).
+template <typename T, int W>
+struct Vec<T, W, false> {
+  T v[W];
+  static OFA_INLINE Vec zero() {
+    Vec r;
+    for (int i = 0; i < W; ++i) r.v[i] = T(0);
+    return r;
+  }
+  static OFA_INLINE Vec load(const T* p) {
+    Vec r;
+    for (int i = 0; i < W; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static OFA_INLINE Vec splat(T s) {
+    Vec r;
+    for (int i = 0; i < W; ++i) r.v[i] = s;
+    return r;
+  }
+  OFA_INLINE void store(T* p) const {
+    for (int i = 0; i < W; ++i) p[i] = v[i];
+  }
+  OFA_INLINE void fma(const Vec& a, const Vec& b) {
+    for (int i = 0; i < W; ++i) v[i] += a.v[i] * b.v[i];
+  }
+  OFA_INLINE void fma(const Vec& a, T b) {
+    for (int i = 0; i < W; ++i) v[i] += a.v[i] * b;
+  }
+  OFA_INLINE void add(const Vec& a) {
+    for (int i = 0; i < W; ++i) v[i] += a.v[i];
+  }
+  OFA_INLINE T sum() const {
+    T s = 0;
+    for (int i = 0; i < W; ++i) s += v[i];
+    return s;
+  }
+};
+
+// Elements in one 512-bit register: the natural block of the kernels.
+template <typename T>
+constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
+
+}  // namespace cpu
+}  // namespace ofa_fast

@@ -1,0 +1,42 @@
+"""Helpers shared by the op wrappers: shape rules the fake kernels mirror, and the
+autograd registration of the convolution ops."""
+from __future__ import annotations
+
+import torch
+
+
+def conv_out_size(n, k, s, d, p):
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def output_memory_format(x: torch.Tensor):
+    """The kernels' rule (csrc/dwconv/dwconv_common.cpp, dwconv_use_channels_last): the
+    output keeps the input's memory format; contiguous wins when both apply."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    from torch._prims_common import suggest_memory_format
+
+    return suggest_memory_format(x)
+
+
+def register_conv_autograd(name, backward_input, backward_weight):
+    """Autograd of a conv op `name(x, weight, k, s, d, p)` whose two gradients are the
+    ops backward_input / backward_weight(grad_output, x, weight, k, s, d, p)."""
+
+    def setup_context(ctx, inputs, output):
+        x, weight, k, s, d, p = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (k, s, d, p)
+
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = backward_input(grad_output, x, weight, *ctx.conf)
+        if ctx.needs_input_grad[1]:
+            gw = backward_weight(grad_output, x, weight, *ctx.conf)
+        return gx, gw, None, None, None, None
+
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
