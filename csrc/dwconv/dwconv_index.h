@@ -37,13 +37,14 @@ OFA_HD int64_t tap_input(int64_t o, int64_t t, int64_t s, int64_t d, int64_t p) 
 }
 
 // Outputs whose tap t reads inside the input: o in [*lo, *hi), possibly empty
-// (then *lo == *hi). in_size: input extent, out_size: output extent.
+// (then *lo == *hi); always 0 <= *lo <= *hi <= out_size. in_size: input extent, out_size: output extent.
 OFA_HD void tap_output_range(int64_t t, int64_t in_size, int64_t out_size, int64_t s,
                              int64_t d, int64_t p, int64_t* lo, int64_t* hi) {
   const int64_t off = tap_offset(t, d, p);  // input = o * s + off
   int64_t l = off >= 0 ? 0 : ceil_div(-off, s);
   int64_t h = floor_div(in_size - 1 - off, s) + 1;
   if (l < 0) l = 0;
+  if (l > out_size) l = out_size;
   if (h > out_size) h = out_size;
   if (h < l) h = l;
   *lo = l;
@@ -89,6 +90,11 @@ OFA_HD int64_t phase_tap_output_offset(int64_t b, int64_t t, int64_t s, int64_t 
 OFA_HD int64_t phase_count(int64_t n, int64_t b, int64_t s) {
   return n > b ? (n - b + s - 1) / s : 0;
 }
+
+// Stride 1 only: the gradient of the input is the correlation of grad_out (extent
+// out_size) with the flipped filter (tap t -> k - 1 - t) at this padding, which gives
+// back the input extent; negative when p > (k - 1) * d.
+OFA_HD int64_t flipped_padding(int64_t k, int64_t d, int64_t p) { return (k - 1) * d - p; }
 
 }  // namespace dwconv
 }  // namespace ofa_fast

@@ -77,11 +77,12 @@ def _fake_forward(x, weight, kernel_size, stride, dilation, padding):
     N, C, H, W = x.shape
     OH = conv_out_size(H, kernel_size, stride, dilation, padding)
     OW = conv_out_size(W, kernel_size, stride, dilation, padding)
-    return x.new_empty((N, C, OH, OW), memory_format=output_memory_format(x))
+    return torch.empty((N, C, OH, OW), dtype=x.dtype, device=x.device,
+                       memory_format=output_memory_format(x))
 
 
 def _fake_backward_input(grad_output, x, weight, kernel_size, stride, dilation, padding):
-    return x.new_empty(x.shape, memory_format=output_memory_format(x))
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
 
 
 def _fake_backward_weight(grad_output, x, weight, kernel_size, stride, dilation, padding):
