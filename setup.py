@@ -99,11 +99,13 @@ def extensions():
     cxx = opt + ["-Wno-psabi", "-fvisibility=hidden"] if os.name != "nt" else ["/O2"]
     sources = ["csrc/ofa_fast.cpp"] + sorted(glob.glob("csrc/*/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc")]
+    base_defines = [("OFA_FAST_PYTHON_MODULE", None)]
     if _want_cuda():
         archs = _cuda_arch_list()
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         print(f"ofa_fast: building CUDA kernels for {archs} with {_cuda_home}", file=sys.stderr)
-        defines = [("OFA_FAST_WITH_CUDA", None), ("OFA_FAST_CUDA_ARCHS", '"%s"' % archs)]
+        defines = base_defines + [("OFA_FAST_WITH_CUDA", None),
+                                  ("OFA_FAST_CUDA_ARCHS", '"%s"' % archs)]
         return [CUDAExtension(
             "ofa_fast._C",
             sources + sorted(glob.glob("csrc/*/*.cu")),
@@ -112,7 +114,7 @@ def extensions():
             extra_compile_args={"cxx": cxx, "nvcc": opt + ["-lineinfo", "--expt-relaxed-constexpr"]},
         )]
     return [CppExtension("ofa_fast._C", sources, include_dirs=include_dirs,
-                         extra_compile_args={"cxx": cxx})]
+                         define_macros=base_defines, extra_compile_args={"cxx": cxx})]
 
 
 setup(

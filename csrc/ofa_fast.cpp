@@ -4,8 +4,11 @@
 // Ops (namespace ofa_fast), all with CPU and, when built with CUDA, CUDA kernels:
 //   dwconv2d, dwconv2d_backward_input, dwconv2d_backward_weight   csrc/dwconv/
 //   kernel_transform, kernel_transform_backward                   csrc/kernel_transform/
-#include <Python.h>
 #include <torch/library.h>
+
+#ifdef OFA_FAST_PYTHON_MODULE
+#include <Python.h>
+#endif
 
 namespace ofa_fast {
 void register_dwconv_schemas(torch::Library& m);
@@ -16,6 +19,8 @@ TORCH_LIBRARY(ofa_fast, m) {
   ofa_fast::register_dwconv_schemas(m);
   ofa_fast::register_kernel_transform_schemas(m);
 }
+
+#ifdef OFA_FAST_PYTHON_MODULE  // setup.py's build; the CMake build is a plain op library
 
 #ifndef OFA_FAST_CUDA_ARCHS
 #define OFA_FAST_CUDA_ARCHS ""
@@ -38,3 +43,5 @@ PyMODINIT_FUNC PyInit__C(void) {
   return m;
 }
 }
+
+#endif  // OFA_FAST_PYTHON_MODULE

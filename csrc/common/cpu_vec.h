@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__GNUC__) || defined(__clang__)
 #define OFA_INLINE inline __attribute__((always_inline))
@@ -106,6 +107,46 @@ struct Vec<T, W, false> {
 // Elements in one 512-bit register: the natural block of the kernels.
 template <typename T>
 constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
+
+// Transposes the V x V block held in rows[0..V) (row r = rows[r]) in place, in log2(V)
+// stages; stage h swaps, within every pair of rows (r, r + h), the h-wide blocks off
+// the diagonal. With GCC each swap is one two-source permute per row.
+#if OFA_VEC_EXT && defined(__GNUC__) && !defined(__clang__)
+template <typename T, int V, int H>
+OFA_INLINE void transpose_stage(Vec<T, V>* rows) {
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+  typedef I mask __attribute__((vector_size(sizeof(T) * V)));
+  mask lo, hi;
+  for (int e = 0; e < V; ++e) {
+    lo[e] = (e & H) ? V + e - H : e;
+    hi[e] = (e & H) ? V + e : e + H;
+  }
+  for (int r = 0; r < V; ++r) {
+    if (r & H) continue;
+    const auto x = rows[r].v, y = rows[r + H].v;
+    rows[r].v = __builtin_shuffle(x, y, lo);
+    rows[r + H].v = __builtin_shuffle(x, y, hi);
+  }
+}
+template <typename T, int V, int H = V / 2>
+OFA_INLINE void transpose(Vec<T, V>* rows) {
+  if constexpr (H >= 1) {
+    transpose_stage<T, V, H>(rows);
+    transpose<T, V, H / 2>(rows);
+  }
+}
+#else
+template <typename T, int V>
+OFA_INLINE void transpose(Vec<T, V>* rows) {
+  T tmp[V][V];
+  for (int r = 0; r < V; ++r) rows[r].store(tmp[r]);
+  for (int r = 0; r < V; ++r) {
+    T col[V];
+    for (int e = 0; e < V; ++e) col[e] = tmp[e][r];
+    rows[r] = Vec<T, V>::load(col);
+  }
+}
+#endif
 
 }  // namespace cpu
 }  // namespace ofa_fast

@@ -20,100 +20,42 @@ namespace dw = ofa_fast::cpu::dw;
 using cpu::kLanes;
 
 // ---- instruction-set entry points --------------------------------------------
-// Each is compiled for AVX-512, AVX2+FMA and the baseline (OFA_CPU_MULTIVERSION);
-// the vector width of the NCHW kernels follows the output width, so narrow planes
-// (8x8 and below) do not waste most of every vector.
-
-template <typename T>
-OFA_INLINE void fwd_nchw_any(const dw::Problem& P, const T* x, dw::Filter<T> f, T* y,
-                             int64_t b, int64_t e) {
-  constexpr int V = kLanes<T>;
-  if (P.OW <= V / 4) dw::fwd_nchw<T, V / 4>(P, x, f, y, b, e);
-  else if (P.OW <= V / 2) dw::fwd_nchw<T, V / 2>(P, x, f, y, b, e);
-  else dw::fwd_nchw<T, V>(P, x, f, y, b, e);
-}
-template <typename T>
-OFA_INLINE void bwd_input_nchw_any(const dw::Problem& P, const T* go, dw::Filter<T> f, T* gx,
-                                   int64_t b, int64_t e) {
-  constexpr int V = kLanes<T>;
-  const int64_t nu = (P.W + P.s - 1) / P.s;
-  if (nu <= V / 4) dw::bwd_input_nchw<T, V / 4>(P, go, f, gx, b, e);
-  else if (nu <= V / 2) dw::bwd_input_nchw<T, V / 2>(P, go, f, gx, b, e);
-  else dw::bwd_input_nchw<T, V>(P, go, f, gx, b, e);
-}
-template <typename T>
-OFA_INLINE void bwd_weight_nchw_any(const dw::Problem& P, const T* go, const T* x,
-                                    dw::FilterGrad<T> gw, int64_t b, int64_t e) {
-  constexpr int V = kLanes<T>;
-  if (P.OW <= V / 4) dw::bwd_weight_nchw<T, V / 4>(P, go, x, gw, b, e);
-  else if (P.OW <= V / 2) dw::bwd_weight_nchw<T, V / 2>(P, go, x, gw, b, e);
-  else dw::bwd_weight_nchw<T, V>(P, go, x, gw, b, e);
-}
+// Each is compiled for AVX-512, AVX2+FMA and the baseline (OFA_CPU_MULTIVERSION) and
+// picked at load time; the overloads let the templated glue call them by dtype.
 
 #define OFA_DW_ENTRY_POINTS(T, SUFFIX)                                                         \
-  OFA_CPU_MULTIVERSION void fwd_nchw_##SUFFIX(const dw::Problem& P, const T* x,                \
-                                              dw::Filter<T> f, T* y, int64_t b, int64_t e) {   \
-    fwd_nchw_any<T>(P, x, f, y, b, e);                                                         \
+  OFA_CPU_MULTIVERSION void fwd_##SUFFIX(const dw::Problem& P, const T* x, const dw::Layout& Lx, \
+                                         const T* wp, T* y, const dw::Layout& Ly, int64_t b,   \
+                                         int64_t e) {                                          \
+    dw::fwd<T>(P, x, Lx, wp, y, Ly, b, e);                                                     \
   }                                                                                            \
-  OFA_CPU_MULTIVERSION void bwd_input_nchw_##SUFFIX(const dw::Problem& P, const T* go,         \
-                                                    dw::Filter<T> f, T* gx, int64_t b,         \
-                                                    int64_t e) {                               \
-    bwd_input_nchw_any<T>(P, go, f, gx, b, e);                                                 \
+  OFA_CPU_MULTIVERSION void bwd_input_##SUFFIX(const dw::Problem& P, const T* go,              \
+                                               const dw::Layout& Lg, const T* wp, T* gx,       \
+                                               const dw::Layout& Lx, int64_t b, int64_t e) {   \
+    dw::bwd_input<T>(P, go, Lg, wp, gx, Lx, b, e);                                             \
   }                                                                                            \
-  OFA_CPU_MULTIVERSION void bwd_weight_nchw_##SUFFIX(const dw::Problem& P, const T* go,        \
-                                                     const T* x, dw::FilterGrad<T> gw,         \
-                                                     int64_t b, int64_t e) {                   \
-    bwd_weight_nchw_any<T>(P, go, x, gw, b, e);                                                \
+  OFA_CPU_MULTIVERSION void bwd_weight_##SUFFIX(const dw::Problem& P, const T* go,             \
+                                                const dw::Layout& Lg, const T* x,              \
+                                                const dw::Layout& Lx, T* acc, int64_t b,       \
+                                                int64_t e) {                                   \
+    dw::bwd_weight<T>(P, go, Lg, x, Lx, acc, b, e);                                            \
   }                                                                                            \
-  OFA_CPU_MULTIVERSION void fwd_nhwc_##SUFFIX(const dw::Problem& P, const T* x, const T* wp,   \
-                                              int64_t Cp, T* y, int64_t b, int64_t e) {        \
-    dw::fwd_nhwc<T>(P, x, wp, Cp, y, b, e);                                                    \
+  void fwd(const dw::Problem& P, const T* x, const dw::Layout& Lx, const T* wp, T* y,          \
+           const dw::Layout& Ly, int64_t b, int64_t e) {                                       \
+    fwd_##SUFFIX(P, x, Lx, wp, y, Ly, b, e);                                                   \
   }                                                                                            \
-  OFA_CPU_MULTIVERSION void bwd_input_nhwc_##SUFFIX(const dw::Problem& P, const T* go,         \
-                                                    const T* wp, int64_t Cp, T* gx, int64_t b, \
-                                                    int64_t e) {                               \
-    dw::bwd_input_nhwc<T>(P, go, wp, Cp, gx, b, e);                                            \
+  void bwd_input(const dw::Problem& P, const T* go, const dw::Layout& Lg, const T* wp, T* gx,  \
+                 const dw::Layout& Lx, int64_t b, int64_t e) {                                 \
+    bwd_input_##SUFFIX(P, go, Lg, wp, gx, Lx, b, e);                                           \
   }                                                                                            \
-  OFA_CPU_MULTIVERSION void bwd_weight_nhwc_##SUFFIX(const dw::Problem& P, const T* go,        \
-                                                     const T* x, T* acc, int64_t Cp,           \
-                                                     int64_t b, int64_t e) {                   \
-    dw::bwd_weight_nhwc<T>(P, go, x, acc, Cp, b, e);                                           \
+  void bwd_weight(const dw::Problem& P, const T* go, const dw::Layout& Lg, const T* x,         \
+                  const dw::Layout& Lx, T* acc, int64_t b, int64_t e) {                        \
+    bwd_weight_##SUFFIX(P, go, Lg, x, Lx, acc, b, e);                                          \
   }
 
 OFA_DW_ENTRY_POINTS(float, f32)
 OFA_DW_ENTRY_POINTS(double, f64)
 #undef OFA_DW_ENTRY_POINTS
-
-// Overloads so the templated glue below can call the entry points by dtype.
-#define OFA_DW_OVERLOADS(T, SUFFIX)                                                            \
-  void fwd_nchw(const dw::Problem& P, const T* x, dw::Filter<T> f, T* y, int64_t b,            \
-                int64_t e) {                                                                   \
-    fwd_nchw_##SUFFIX(P, x, f, y, b, e);                                                       \
-  }                                                                                            \
-  void bwd_input_nchw(const dw::Problem& P, const T* go, dw::Filter<T> f, T* gx, int64_t b,    \
-                      int64_t e) {                                                             \
-    bwd_input_nchw_##SUFFIX(P, go, f, gx, b, e);                                               \
-  }                                                                                            \
-  void bwd_weight_nchw(const dw::Problem& P, const T* go, const T* x, dw::FilterGrad<T> gw,    \
-                       int64_t b, int64_t e) {                                                 \
-    bwd_weight_nchw_##SUFFIX(P, go, x, gw, b, e);                                              \
-  }                                                                                            \
-  void fwd_nhwc(const dw::Problem& P, const T* x, const T* wp, int64_t Cp, T* y, int64_t b,    \
-                int64_t e) {                                                                   \
-    fwd_nhwc_##SUFFIX(P, x, wp, Cp, y, b, e);                                                  \
-  }                                                                                            \
-  void bwd_input_nhwc(const dw::Problem& P, const T* go, const T* wp, int64_t Cp, T* gx,       \
-                      int64_t b, int64_t e) {                                                  \
-    bwd_input_nhwc_##SUFFIX(P, go, wp, Cp, gx, b, e);                                          \
-  }                                                                                            \
-  void bwd_weight_nhwc(const dw::Problem& P, const T* go, const T* x, T* acc, int64_t Cp,      \
-                       int64_t b, int64_t e) {                                                 \
-    bwd_weight_nhwc_##SUFFIX(P, go, x, acc, Cp, b, e);                                         \
-  }
-
-OFA_DW_OVERLOADS(float, f32)
-OFA_DW_OVERLOADS(double, f64)
-#undef OFA_DW_OVERLOADS
 
 // ---- glue -------------------------------------------------------------------
 
@@ -132,16 +74,23 @@ dw::Filter<T> active_filter(const at::Tensor& weight, const DwGeometry& g) {
   return dw::Filter<T>{base, weight.stride(0), weight.stride(2), weight.stride(3)};
 }
 
-// The active filter as the [k * k][C] tile the channels-last kernels load from:
+// The active filter as the kernels load it: [channel block][k * k][lanes], zero past C.
 // C * k * k values, read once through the weight's strides.
 template <typename T>
 std::vector<T> pack_filter(const at::Tensor& weight, const DwGeometry& g) {
+  constexpr int V = kLanes<T>;
   const dw::Filter<T> f = active_filter<T>(weight, g);
-  std::vector<T> wp(static_cast<size_t>(g.k * g.k * g.C));
+  const int64_t nb = dw::channel_blocks<T>(g.C), kk = g.k * g.k;
+  std::vector<T> wp(static_cast<size_t>(nb * kk * V), T(0));
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t i = 0; i < g.k; ++i)
-      for (int64_t j = 0; j < g.k; ++j) wp[(i * g.k + j) * g.C + c] = f.at(c, i, j);
+      for (int64_t j = 0; j < g.k; ++j) wp[((c / V) * kk + i * g.k + j) * V + c % V] = f.at(c, i, j);
   return wp;
+}
+
+// Element strides of a [n, c, h, w] tensor contiguous in the kernels' memory format.
+dw::Layout layout_of(int64_t C, int64_t H, int64_t W, bool channels_last) {
+  return channels_last ? dw::Layout{H * W * C, 1, W * C, C} : dw::Layout{C * H * W, H * W, W, 1};
 }
 
 // Work items of roughly this many multiply-adds keep thread start-up negligible.
@@ -168,19 +117,15 @@ at::Tensor dwconv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64
   if (y.numel() == 0) return y;
   const dw::Problem P = problem_of(g);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ofa_fast_dwconv2d_cpu", [&] {
+    const std::vector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
+    const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
+    const dw::Layout Ly = layout_of(g.C, g.OH, g.OW, g.channels_last);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    if (g.channels_last) {
-      const std::vector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
-      at::parallel_for(0, g.N * g.OH, grain(g.OW * g.C * g.k * g.k), [&](int64_t b, int64_t e) {
-        fwd_nhwc(P, xp, wp.data(), g.C, yp, b, e);
-      });
-    } else {
-      const dw::Filter<scalar_t> f = active_filter<scalar_t>(weight, g);
-      at::parallel_for(0, g.N * g.C, grain(g.OH * g.OW * g.k * g.k), [&](int64_t b, int64_t e) {
-        fwd_nchw(P, xp, f, yp, b, e);
-      });
-    }
+    const int64_t units = g.N * dw::channel_blocks<scalar_t>(g.C);
+    at::parallel_for(0, units, grain(g.OH * g.OW * kLanes<scalar_t> * g.k * g.k), [&](int64_t b, int64_t e) {
+      fwd(P, xp, Lx, wp.data(), yp, Ly, b, e);
+    });
   });
   return y;
 }
@@ -199,20 +144,16 @@ at::Tensor dwconv2d_backward_input_cpu(const at::Tensor& grad_output, const at::
   if (gx.numel() == 0) return gx;
   const dw::Problem P = problem_of(g);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ofa_fast_dwconv2d_backward_input_cpu", [&] {
+    const std::vector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
+    const dw::Layout Lg = layout_of(g.C, g.OH, g.OW, g.channels_last);
+    const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    const int64_t macs = g.k * g.k / (g.s * g.s) + 1;
-    if (g.channels_last) {
-      const std::vector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
-      at::parallel_for(0, g.N * g.H, grain(g.W * g.C * macs), [&](int64_t b, int64_t e) {
-        bwd_input_nhwc(P, gop, wp.data(), g.C, gxp, b, e);
-      });
-    } else {
-      const dw::Filter<scalar_t> f = active_filter<scalar_t>(weight, g);
-      at::parallel_for(0, g.N * g.C, grain(g.H * g.W * macs), [&](int64_t b, int64_t e) {
-        bwd_input_nchw(P, gop, f, gxp, b, e);
-      });
-    }
+    const int64_t units = g.N * dw::channel_blocks<scalar_t>(g.C);
+    const int64_t macs = g.H * g.W * kLanes<scalar_t> * (g.k * g.k / (g.s * g.s) + 1);
+    at::parallel_for(0, units, grain(macs), [&](int64_t b, int64_t e) {
+      bwd_input(P, gop, Lg, wp.data(), gxp, Lx, b, e);
+    });
   });
   return gx;
 }
@@ -237,31 +178,28 @@ at::Tensor dwconv2d_backward_weight_cpu(const at::Tensor& grad_output, const at:
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     scalar_t* base = gw.mutable_data_ptr<scalar_t>() + g.crop * gw.stride(2) + g.crop * gw.stride(3);
     const dw::FilterGrad<scalar_t> out{base, gw.stride(0), gw.stride(2), gw.stride(3)};
-    if (g.channels_last) {
-      // Rows of the batch are split between threads, each summing into its own
-      // [k * k][C] buffer; the buffers are added at the end.
-      const int64_t kkC = g.k * g.k * g.C;
-      const int nthreads = at::get_num_threads();
-      std::vector<scalar_t> acc(static_cast<size_t>(kkC * nthreads), scalar_t(0));
-      std::vector<char> used(static_cast<size_t>(nthreads), 0);
-      at::parallel_for(0, g.N * g.OH, grain(g.OW * g.C * g.k * g.k), [&](int64_t b, int64_t e) {
-        const int t = at::get_thread_num();
-        used[t] = 1;
-        bwd_weight_nhwc(P, gop, xp, acc.data() + t * kkC, g.C, b, e);
-      });
-      for (int64_t c = 0; c < g.C; ++c)
-        for (int64_t i = 0; i < g.k; ++i)
-          for (int64_t j = 0; j < g.k; ++j) {
-            scalar_t sum = 0;
-            for (int t = 0; t < nthreads; ++t)
-              if (used[t]) sum += acc[t * kkC + (i * g.k + j) * g.C + c];
-            out.at(c, i, j) = sum;
-          }
-    } else {
-      at::parallel_for(0, g.C, grain(g.N * g.OH * g.OW * g.k * g.k), [&](int64_t b, int64_t e) {
-        bwd_weight_nchw(P, gop, xp, out, b, e);
-      });
-    }
+    // Units (image, channel block) are split between threads, each summing into its
+    // own [blocks][k * k][lanes] accumulator; they are added up at the end.
+    constexpr int V = kLanes<scalar_t>;
+    const int64_t nb = dw::channel_blocks<scalar_t>(g.C), kk = g.k * g.k, per = nb * kk * V;
+    const int nthreads = at::get_num_threads();
+    std::vector<scalar_t> acc(static_cast<size_t>(per * nthreads), scalar_t(0));
+    std::vector<char> used(static_cast<size_t>(nthreads), 0);
+    const dw::Layout Lg = layout_of(g.C, g.OH, g.OW, g.channels_last);
+    const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
+    at::parallel_for(0, g.N * nb, grain(g.OH * g.OW * V * kk), [&](int64_t b, int64_t e) {
+      const int t = at::get_thread_num();
+      used[t] = 1;
+      bwd_weight(P, gop, Lg, xp, Lx, acc.data() + t * per, b, e);
+    });
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t i = 0; i < g.k; ++i)
+        for (int64_t j = 0; j < g.k; ++j) {
+          scalar_t sum = 0;
+          for (int t = 0; t < nthreads; ++t)
+            if (used[t]) sum += acc[t * per + ((c / V) * kk + i * g.k + j) * V + c % V];
+          out.at(c, i, j) = sum;
+        }
   });
   return gw;
 }
