@@ -73,9 +73,10 @@ def _time(fn, repeat):
     return out
 
 
-def demo(batch, channels, size, kernel_sizes, repeat, file=sys.stdout):
+def demo(batch, channels, size, kernel_sizes, repeat, file=None):
     """Times forward+backward of ofa_fast's module on each usable backend against OFA's
     module, interleaved in one run; prints ms and the speed-up."""
+    file = file or sys.stdout
     try:
         from ofa.imagenet_classification.elastic_nn.modules.dynamic_op import (
             DynamicSeparableConv2d as Baseline)
