@@ -8,12 +8,13 @@ with crop = K//2 - k//2: the active k x k filter is read in place from the max w
 strides too, so one kernel serves NCHW, channels_last and any other view (an
 expanded grad_output, a channel slice); only the tile shape follows the layout: wide
 along W for NCHW, wide along C for channels_last, so loads coalesce on the unit-stride
-dim (and vectorise along C). Kernel size, stride and dilation are constexpr: the taps
-unroll, and a tap's shift is a constant added to one pointer tile. Accumulation is in
-float32; results are stored in the input dtype.
+dim (and vectorise along C). Kernel size, stride and dilation are constexpr, so the
+taps unroll. Accumulation is in float32; results are stored in the input dtype.
 
-The hot loops are bound by instructions per tap and element, not by memory: tiles
-whose every tap reads inside the image take a path without bounds masks.
+With the taps' reads hitting cache, the cost is instructions per tap and element
+(address, bounds mask, load, FMA): tiles whose every tap reads inside the image take
+a path without bounds masks, and a tap's shift is added to a pointer tile computed
+once.
 
 The host functions are called inside torch.library.triton_op bodies
 (ofa_fast/ops/dwconv.py): they launch through wrap_triton and use torch ops only.
@@ -32,11 +33,14 @@ from ..ops._common import conv_out_size, output_memory_format
 
 __all__ = ["dwconv2d_forward", "dwconv2d_backward_input", "dwconv2d_backward_weight"]
 
-# Elements per program tile of the forward / input-gradient kernels (8 per thread at 4
-# warps for NCHW; channels_last tiles are larger so each thread's per-tap filter loads,
-# one per channel it holds, are shared by several positions).
+# Program tiles of the forward / input-gradient kernels: NCHW, 1024 elements (8 per
+# thread at 4 warps); channels_last, 4096 at 8 warps, so each thread holds 16-byte
+# channel vectors at a few positions and its per-tap filter loads (one per channel it
+# holds: the filter is strided along C) are shared by those positions. (16 elements a
+# thread is what fits the 49 unrolled taps without spilling registers.)
 _NCHW_TILE = 1024
 _NHWC_TILE = 4096
+_NHWC_WARPS = 8
 _NCHW_MAX_BLOCK_W = 64
 _NHWC_MAX_BLOCK_C = 64
 # Weight gradient, NCHW: elements of one [images, rows, cols] tile of a channel; each
@@ -77,34 +81,34 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return output_memory_format(x) == torch.channels_last
 
 
-def _rows_block(n: int, limit: int) -> int:
-    """A power-of-two block of at most `limit` rows for an extent of n: the whole extent
-    when it fits, else the largest power of two dividing n (56 -> 8, 28 -> 4), so the
-    last block is not mostly padding, unless that is very small."""
-    if n <= limit:
-        return _np2(n)
+def _rows_block(n: int, limit: int, fill: int) -> int:
+    """A power-of-two block of at most `limit` rows for an extent of n. The largest
+    power of two dividing n (56 -> 8, 28 -> 4) leaves no padded rows, when the tile's
+    other dim can still grow by `fill` to make up its size; else the whole extent
+    (padded to a power of two) or `limit`."""
+    full = _np2(n) if n <= limit else limit
     b = 1
     while b * 2 <= limit and n % (b * 2) == 0:
         b *= 2
-    return b if b * 4 >= limit else limit
+    return b if b * fill >= full else full
 
 
 def _tile_shape(C: int, H: int, W: int, channels_last: bool):
-    """(BLOCK_C, BLOCK_H, BLOCK_W) of a tile over a [C, H, W] plane stack."""
+    """(BLOCK_C, BLOCK_H, BLOCK_W, num_warps) of a tile over a [C, H, W] plane stack."""
     if channels_last:
         # C is the unit-stride dim: a wide channel block, a square-ish spatial patch.
         block_c = min(_np2(C), _NHWC_MAX_BLOCK_C)
         spatial = max(1, _NHWC_TILE // block_c)
         block_w = min(_np2(W), max(1, triton.next_power_of_2(int(spatial ** 0.5))))
-        block_h = _rows_block(H, max(1, spatial // block_w))
+        block_h = _rows_block(H, max(1, spatial // block_w), 1)
         block_w = min(_np2(W), max(1, spatial // block_h))
-    else:
-        # W is the unit-stride dim: a wide row block, stacked rows, then channels
-        # when the planes are small (7x7, 14x14) so a tile still has _NCHW_TILE elements.
-        block_w = min(_np2(W), _NCHW_MAX_BLOCK_W)
-        block_h = _rows_block(H, max(1, _NCHW_TILE // block_w))
-        block_c = min(_np2(C), max(1, _NCHW_TILE // (block_h * block_w)))
-    return block_c, block_h, block_w
+        return block_c, block_h, block_w, _NHWC_WARPS
+    # W is the unit-stride dim: a wide row block, stacked rows, then channels
+    # when the planes are small (7x7, 14x14) so a tile still has _NCHW_TILE elements.
+    block_w = min(_np2(W), _NCHW_MAX_BLOCK_W)
+    block_h = _rows_block(H, max(1, _NCHW_TILE // block_w), _np2(C))
+    block_c = min(_np2(C), max(1, _NCHW_TILE // (block_h * block_w)))
+    return block_c, block_h, block_w, 4
 
 
 def _strides4(t: torch.Tensor):
@@ -128,7 +132,9 @@ def _filter_taps(src_tile, w_tap0, c_mask, h0, w0, H, W, stride_h, stride_w,
                  BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """sum over taps (i, j) of src[h0 + SIGN*i*d, w0 + SIGN*j*d] * filter[c, i, j] for a
     [BLOCK_C, BLOCK_H, BLOCK_W] tile; src_tile points at (h0, w0). A tap is one constant
-    shift of src_tile. MASKED: zero outside [0, H) x [0, W) (else all reads are inside)."""
+    shift of src_tile. MASKED: zero outside [0, H) x [0, W); else every read is inside
+    and lanes of channels >= C are left undefined (their outputs are never stored),
+    which saves zeroing registers before each load."""
     acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=tl.float32)
     for i in tl.static_range(KSIZE):
         src_row = src_tile + (SIGN * i * DILATION) * stride_h
@@ -136,14 +142,17 @@ def _filter_taps(src_tile, w_tap0, c_mask, h0, w0, H, W, stride_h, stride_w,
             hh = h0 + SIGN * i * DILATION
             h_ok = (hh >= 0) & (hh < H)
         for j in tl.static_range(KSIZE):
-            wv = tl.load(w_tap0 + i * stride_wh + j * stride_ww, mask=c_mask, other=0.0)
+            w_tap = w_tap0 + i * stride_wh + j * stride_ww
+            src_tap = src_row + (SIGN * j * DILATION) * stride_w
             if MASKED:
                 ww = w0 + SIGN * j * DILATION
                 ok = (c_mask[:, None, None] & h_ok[None, :, None]
                       & ((ww >= 0) & (ww < W))[None, None, :])
+                wv = tl.load(w_tap, mask=c_mask, other=0.0)
+                xv = tl.load(src_tap, mask=ok, other=0.0)
             else:
-                ok = c_mask[:, None, None]
-            xv = tl.load(src_row + (SIGN * j * DILATION) * stride_w, mask=ok, other=0.0)
+                wv = tl.load(w_tap, mask=c_mask)
+                xv = tl.load(src_tap, mask=c_mask[:, None, None])
             acc += xv.to(tl.float32) * wv.to(tl.float32)[:, None, None]
     return acc
 
@@ -207,7 +216,7 @@ def dwconv2d_forward(x, weight, kernel_size, stride, dilation, padding):
     if y.numel() == 0 or _tracing_under_interpreter(x, weight, y):
         return y
     crop = weight.shape[2] // 2 - kernel_size // 2
-    block_c, block_h, block_w = _tile_shape(C, OH, OW, channels_last)
+    block_c, block_h, block_w, num_warps = _tile_shape(C, OH, OW, channels_last)
     grid = (triton.cdiv(OH, block_h) * triton.cdiv(OW, block_w), triton.cdiv(C, block_c), N)
     wrap_triton(_dwconv_fwd_kernel)[grid](
         x, weight, y,
@@ -217,7 +226,7 @@ def dwconv2d_forward(x, weight, kernel_size, stride, dilation, padding):
         *_strides4(y),
         KSIZE=kernel_size, STRIDE=stride, DILATION=dilation,
         BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w,
-        num_warps=4,
+        num_warps=num_warps,
     )
     return y
 
@@ -299,7 +308,7 @@ def dwconv2d_backward_input(grad_output, x, weight, kernel_size, stride, dilatio
     if gx.numel() == 0 or _tracing_under_interpreter(grad_output, weight, gx):
         return gx
     crop = weight.shape[2] // 2 - kernel_size // 2
-    block_c, block_h, block_w = _tile_shape(C, H, W, channels_last)
+    block_c, block_h, block_w, num_warps = _tile_shape(C, H, W, channels_last)
     grid = (triton.cdiv(H, block_h) * triton.cdiv(W, block_w), triton.cdiv(C, block_c), N)
     wrap_triton(_dwconv_bwd_input_kernel)[grid](
         grad_output, weight, gx,
@@ -309,7 +318,7 @@ def dwconv2d_backward_input(grad_output, x, weight, kernel_size, stride, dilatio
         *_strides4(gx),
         KSIZE=kernel_size, STRIDE=stride, DILATION=dilation,
         BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w,
-        num_warps=4,
+        num_warps=num_warps,
     )
     return gx
 
@@ -336,7 +345,9 @@ def _wgrad_tile_taps(go, x_tile, part_tap0, part_stride_tap, ih0, iw0, H, W,
                 xv = tl.load(x_row + (j * DILATION) * stride_xw, mask=ok, other=0.0)
             else:
                 xv = tl.load(x_row + (j * DILATION) * stride_xw)
-            s = tl.sum(tl.sum(tl.sum(xv.to(tl.float32) * go, axis=2), axis=1), axis=0)
+            # one reduction over the whole tile (reshape in any order: no data movement)
+            prod = xv.to(tl.float32) * go
+            s = tl.sum(tl.reshape(prod, [prod.numel], can_reorder=True), axis=0)
             tl.store(part_tap0 + (i * KSIZE + j) * part_stride_tap, s)
 
 
@@ -389,9 +400,33 @@ def _dwconv_bwd_weight_nchw_kernel(
 
 
 @triton.jit
+def _wgrad_nhwc_positions(acc, x_row, go_row, tap_off, go_c, load_mask, h_ok, dw, c_mask,
+                          ow_start, ow_end, W, padding, stride_xw, stride_gw,
+                          STRIDE: tl.constexpr, MODE: tl.constexpr):
+    """acc[tap, c] += x[.., tap shift, c] * go[.., c] over output columns [ow_start,
+    ow_end) of one row. MODE 0: every tap reads inside the image (loads masked only by
+    load_mask: padded taps and channels >= C, whose sums are never stored, so their
+    lanes need no zero fill); 1: columns inside, the row's taps checked by h_ok;
+    2: both checked."""
+    for ow in tl.range(ow_start, ow_end):
+        iw_base = ow * STRIDE - padding
+        x_ptrs = x_row + iw_base * stride_xw + tap_off
+        if MODE == 0:
+            xv = tl.load(x_ptrs, mask=load_mask)
+        elif MODE == 1:
+            xv = tl.load(x_ptrs, mask=h_ok[:, None] & c_mask[None, :], other=0.0)
+        else:
+            ok = h_ok & (iw_base + dw >= 0) & (iw_base + dw < W)
+            xv = tl.load(x_ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0)
+        gv = tl.load(go_row + ow * stride_gw + go_c, mask=c_mask, other=0.0)
+        acc += xv.to(tl.float32) * gv.to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
 def _dwconv_bwd_weight_nhwc_kernel(
     go_ptr, x_ptr, part_ptr,
-    C, H, W, OH, OW, padding, num_rows, rows_per_program,
+    C, H, W, OH, OW, padding, num_rows, rows_per_program, ow_lo, ow_hi,
     stride_gn, stride_gc, stride_gh, stride_gw,
     stride_xn, stride_xc, stride_xh, stride_xw,
     KSIZE: tl.constexpr, STRIDE: tl.constexpr, DILATION: tl.constexpr,
@@ -400,17 +435,20 @@ def _dwconv_bwd_weight_nhwc_kernel(
     """Program (pid_c, pid_s): BLOCK_C channels over output rows (n, oh) in
     [pid_s * rows_per_program, ...), one output position at a time. Every tap is a row
     of one [TAPS_PAD, BLOCK_C] gather (contiguous along C) whose offsets are loop
-    invariant; products accumulate elementwise, reduced only by the final store."""
+    invariant; products accumulate elementwise, reduced only by the final store.
+    Columns [ow_lo, ow_hi) read inside the image for every tap (no column checks)."""
     pid_c = tl.program_id(0)
     pid_s = tl.program_id(1)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     tap = tl.arange(0, TAPS_PAD)
     tap_mask = tap < KSIZE * KSIZE
+    load_mask = tap_mask[:, None] & c_mask[None, :]
     dh = (tap // KSIZE) * DILATION
     dw = (tap % KSIZE) * DILATION
     tap_off = (dh * stride_xh + dw * stride_xw)[:, None] + (c * stride_xc)[None, :]
     go_c = c * stride_gc
+    span = (KSIZE - 1) * DILATION
 
     acc = tl.zeros([TAPS_PAD, BLOCK_C], dtype=tl.float32)
     row_start = pid_s * rows_per_program
@@ -422,16 +460,23 @@ def _dwconv_bwd_weight_nhwc_kernel(
         h_ok = tap_mask & (ih_base + dh >= 0) & (ih_base + dh < H)
         x_row = x_ptr + n.to(tl.int64) * stride_xn + ih_base * stride_xh
         go_row = go_ptr + n.to(tl.int64) * stride_gn + oh * stride_gh
-        for ow in tl.range(0, OW):
-            iw_base = ow * STRIDE - padding
-            ok = h_ok & (iw_base + dw >= 0) & (iw_base + dw < W)
-            xv = tl.load(x_row + iw_base * stride_xw + tap_off,
-                         mask=ok[:, None] & c_mask[None, :], other=0.0)
-            gv = tl.load(go_row + ow * stride_gw + go_c, mask=c_mask, other=0.0)
-            acc += xv.to(tl.float32) * gv.to(tl.float32)[None, :]
+        acc = _wgrad_nhwc_positions(acc, x_row, go_row, tap_off, go_c, load_mask, h_ok, dw,
+                                    c_mask, 0, ow_lo, W, padding, stride_xw, stride_gw,
+                                    STRIDE, 2)
+        if (ih_base >= 0) & (ih_base + span < H):
+            acc = _wgrad_nhwc_positions(acc, x_row, go_row, tap_off, go_c, load_mask, h_ok,
+                                        dw, c_mask, ow_lo, ow_hi, W, padding, stride_xw,
+                                        stride_gw, STRIDE, 0)
+        else:
+            acc = _wgrad_nhwc_positions(acc, x_row, go_row, tap_off, go_c, load_mask, h_ok,
+                                        dw, c_mask, ow_lo, ow_hi, W, padding, stride_xw,
+                                        stride_gw, STRIDE, 1)
+        acc = _wgrad_nhwc_positions(acc, x_row, go_row, tap_off, go_c, load_mask, h_ok, dw,
+                                    c_mask, ow_hi, OW, W, padding, stride_xw, stride_gw,
+                                    STRIDE, 2)
 
     part_off = pid_s * (KSIZE * KSIZE * C) + tap[:, None] * C + c[None, :]
-    tl.store(part_ptr + part_off, acc, mask=tap_mask[:, None] & c_mask[None, :])
+    tl.store(part_ptr + part_off, acc, mask=load_mask)
 
 
 @triton.jit
@@ -458,7 +503,7 @@ def _dwconv_bwd_weight_reduce_kernel(
 def _wgrad_nchw_tile(N: int, OH: int, OW: int):
     """(BLOCK_N, BLOCK_H, BLOCK_W): rows of a channel's planes, then images to fill."""
     block_w = min(_np2(OW), _NCHW_MAX_BLOCK_W)
-    block_h = _rows_block(OH, max(1, _WGRAD_NCHW_TILE // block_w))
+    block_h = _rows_block(OH, max(1, _WGRAD_NCHW_TILE // block_w), _np2(N))
     block_n = min(_np2(N), max(1, _WGRAD_NCHW_TILE // (block_h * block_w)))
     return block_n, block_h, block_w
 
@@ -480,9 +525,13 @@ def dwconv2d_backward_weight(grad_output, x, weight, kernel_size, stride, dilati
         num_parts = triton.cdiv(num_rows, rows_per_program)
         # every entry is written by exactly one program: no zero fill needed
         partial = torch.empty((num_parts, taps, C), dtype=torch.float32, device=x.device)
+        # output columns all of whose taps read inside the image
+        span = dilation * (kernel_size - 1)
+        ow_lo = min(OW, -(-padding // stride))
+        ow_hi = max(ow_lo, min(OW, (W - 1 - span + padding) // stride + 1))
         wrap_triton(_dwconv_bwd_weight_nhwc_kernel)[(c_blocks, num_parts)](
             grad_output, x, partial,
-            C, H, W, OH, OW, padding, num_rows, rows_per_program,
+            C, H, W, OH, OW, padding, num_rows, rows_per_program, ow_lo, ow_hi,
             *_strides4(grad_output),
             *_strides4(x),
             KSIZE=kernel_size, STRIDE=stride, DILATION=dilation,

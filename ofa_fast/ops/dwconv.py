@@ -106,37 +106,34 @@ def _compiled(x, weight, kernel_size, stride, dilation, padding):
 
 # ---- Triton ops ---------------------------------------------------------------
 
-_triton_impl = None
-
-
 def _register_triton():
     """Defines ofa_fast::dwconv2d_triton (+ backward ops) with torch.library.triton_op, so
     Inductor sees the kernels. Imports triton: only done when the backend is usable."""
-    global _triton_impl
-    from ..triton_kernels import dwconv as tk
+    # bare names: triton_op reads this source to find the kernels it launches
+    from ..triton_kernels.dwconv import (dwconv2d_backward_input, dwconv2d_backward_weight,
+                                         dwconv2d_forward)
 
     @torch.library.triton_op("ofa_fast::dwconv2d_triton", mutates_args=())
     def dwconv2d_triton(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int,
                         dilation: int, padding: int) -> torch.Tensor:
-        return tk.dwconv2d_forward(x, weight, kernel_size, stride, dilation, padding)
+        return dwconv2d_forward(x, weight, kernel_size, stride, dilation, padding)
 
     @torch.library.triton_op("ofa_fast::dwconv2d_triton_backward_input", mutates_args=())
     def dwconv2d_triton_backward_input(grad_output: torch.Tensor, x: torch.Tensor,
                                        weight: torch.Tensor, kernel_size: int, stride: int,
                                        dilation: int, padding: int) -> torch.Tensor:
-        return tk.dwconv2d_backward_input(grad_output, x, weight, kernel_size, stride, dilation,
-                                          padding)
+        return dwconv2d_backward_input(grad_output, x, weight, kernel_size, stride, dilation,
+                                       padding)
 
     @torch.library.triton_op("ofa_fast::dwconv2d_triton_backward_weight", mutates_args=())
     def dwconv2d_triton_backward_weight(grad_output: torch.Tensor, x: torch.Tensor,
                                         weight: torch.Tensor, kernel_size: int, stride: int,
                                         dilation: int, padding: int) -> torch.Tensor:
-        return tk.dwconv2d_backward_weight(grad_output, x, weight, kernel_size, stride,
-                                           dilation, padding)
+        return dwconv2d_backward_weight(grad_output, x, weight, kernel_size, stride, dilation,
+                                        padding)
 
     register_conv_autograd("ofa_fast::dwconv2d_triton", dwconv2d_triton_backward_input,
                            dwconv2d_triton_backward_weight)
-    _triton_impl = dwconv2d_triton
 
 
 def _triton(x, weight, kernel_size, stride, dilation, padding):

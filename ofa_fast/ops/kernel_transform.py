@@ -87,18 +87,19 @@ if _ext.has_cpu_kernels():
 
 def _register_triton():
     """ofa_fast::kernel_transform_triton (+ backward) via torch.library.triton_op."""
-    from ..triton_kernels import kernel_transform as tk
+    # bare names: triton_op reads this source to find the kernels it launches
+    from ..triton_kernels.kernel_transform import kernel_transform_backward, kernel_transform_forward
 
     @torch.library.triton_op("ofa_fast::kernel_transform_triton", mutates_args=())
     def kernel_transform_triton(weight: torch.Tensor, matrices: list[torch.Tensor],
                                 ks_chain: list[int], channels: int) -> torch.Tensor:
-        return tk.kernel_transform_forward(weight, matrices, ks_chain, channels)
+        return kernel_transform_forward(weight, matrices, ks_chain, channels)
 
     @torch.library.triton_op("ofa_fast::kernel_transform_triton_backward", mutates_args=())
     def kernel_transform_triton_backward(grad: torch.Tensor, weight: torch.Tensor,
                                          matrices: list[torch.Tensor], ks_chain: list[int],
                                          channels: int) -> list[torch.Tensor]:
-        return tk.kernel_transform_backward(grad, weight, matrices, ks_chain, channels)
+        return kernel_transform_backward(grad, weight, matrices, ks_chain, channels)
 
     _register_autograd("ofa_fast::kernel_transform_triton", kernel_transform_triton_backward)
 
