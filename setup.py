@@ -93,10 +93,19 @@ def _extra_cuda_includes():
     return sorted(d for d in set(dirs) if os.path.isdir(d))
 
 
+def _openmp_flags():
+    """at::parallel_for is inline OpenMP in torch's headers: without -fopenmp the kernels
+    would run on one thread. Linking libgomp.so.1 reuses the one torch has loaded."""
+    if "OpenMP" not in torch.__config__.parallel_info() or sys.platform in ("win32", "darwin"):
+        return []
+    return ["-fopenmp"]
+
+
 def extensions():
     debug = os.environ.get("OFA_FAST_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-Wno-psabi", "-fvisibility=hidden"] if os.name != "nt" else ["/O2"]
+    omp = _openmp_flags()
+    cxx = opt + ["-Wno-psabi", "-fvisibility=hidden"] + omp if os.name != "nt" else ["/O2"]
     sources = ["csrc/ofa_fast.cpp"] + sorted(glob.glob("csrc/*/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc")]
     base_defines = [("OFA_FAST_PYTHON_MODULE", None)]
@@ -112,9 +121,11 @@ def extensions():
             include_dirs=include_dirs + _extra_cuda_includes(),
             define_macros=defines,
             extra_compile_args={"cxx": cxx, "nvcc": opt + ["-lineinfo", "--expt-relaxed-constexpr"]},
+            extra_link_args=omp,
         )]
     return [CppExtension("ofa_fast._C", sources, include_dirs=include_dirs,
-                         define_macros=base_defines, extra_compile_args={"cxx": cxx})]
+                         define_macros=base_defines, extra_compile_args={"cxx": cxx},
+                         extra_link_args=omp)]
 
 
 setup(

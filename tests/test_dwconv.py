@@ -308,3 +308,28 @@ def test_empty_batch():
     assert y.shape == (0, 4, 8, 8)
     y.sum().backward()
     assert (w.grad == 0).all()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("k,K,stride,dilation,padding,size", [
+    (3, 7, 1, 1, 0, 9), (5, 5, 2, 1, 4, 7), (7, 7, 1, 2, 9, 6), (31, 31, 1, 3, 45, 5),
+    (31, 31, 2, 3, 45, 12), (1, 3, 2, 1, 0, 5), (1, 7, 1, 1, 2, 4)])
+@pytest.mark.parametrize("cl", [False, True])
+def test_explicit_padding_and_large_kernels(backend, k, K, stride, dilation, padding, size, cl):
+    # OFA pads by k // 2; the op takes any padding, kernel sizes up to 31
+    if ofa_fast.backend._why_unusable(backend, "cpu"):
+        pytest.skip(ofa_fast.backend._why_unusable(backend, "cpu"))
+    x = torch.randn(2, 17, size, size + 1, dtype=torch.float64)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(19, 1, K, K, dtype=torch.float64, requires_grad=True)
+    with ofa_fast.use_backend(backend):
+        y = dwconv2d(x, w, k, stride, dilation, padding)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w), g)
+    y_ref = dwconv2d_reference(x, w, k, stride, dilation, padding)
+    want = torch.autograd.grad(y_ref, (x, w), g)
+    assert_close(y, y_ref, torch.float64, "output")
+    assert_close(got[0], want[0], torch.float64, "grad input")
+    assert_close(got[1], want[1], torch.float64, "grad weight")

@@ -57,7 +57,8 @@ struct FilterGrad {
 };
 
 // Element (n, c, h, w) of a tensor is at n * sn + c * sc + h * sh + w * sw; the
-// kernels take NCHW-contiguous (sw == 1) or channels_last-contiguous (sc == 1).
+// kernels take channels_last-contiguous tensors (sc == 1) or NCHW-contiguous ones,
+// whose every (n, c) plane is contiguous (sh == W, sw == 1).
 struct Layout {
   int64_t sn, sc, sh, sw;
   OFA_INLINE bool channels_last() const { return sc == 1 && sw != 1; }
@@ -81,73 +82,93 @@ OFA_INLINE void load_tile(T* tile, int64_t rows, int64_t cols, const T* src, con
   const int64_t r0 = std::clamp<int64_t>(pad_r, 0, rows), r1 = std::clamp<int64_t>(pad_r + H, r0, rows);
   const int64_t q0 = std::clamp<int64_t>(pad_c, 0, cols), q1 = std::clamp<int64_t>(pad_c + W, q0, cols);
   const int64_t row = cols * V;
+  // zero the border the source does not cover
   std::memset(tile, 0, sizeof(T) * r0 * row);
   std::memset(tile + r1 * row, 0, sizeof(T) * (rows - r1) * row);
   for (int64_t r = r0; r < r1; ++r) {
-    T* trow = tile + r * row;
-    std::memset(trow, 0, sizeof(T) * q0 * V);
-    std::memset(trow + q1 * V, 0, sizeof(T) * (cols - q1) * V);
-    const T* srow = src + (r - pad_r) * L.sh + (q0 - pad_c) * L.sw;
-    if (L.channels_last()) {
+    std::memset(tile + r * row, 0, sizeof(T) * q0 * V);
+    std::memset(tile + r * row + q1 * V, 0, sizeof(T) * (cols - q1) * V);
+  }
+  if (L.channels_last()) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* srow = src + (r - pad_r) * L.sh + (q0 - pad_c) * L.sw;
+      T* trow = tile + r * row;
       for (int64_t q = q0; q < q1; ++q, srow += L.sw) {
         T* dst = trow + q * V;
         if (nch == V) {
           Vec<T, V>::load(srow).store(dst);
         } else {
-          std::memcpy(dst, srow, sizeof(T) * nch);
-          std::memset(dst + nch, 0, sizeof(T) * (V - nch));
+          for (int64_t l = 0; l < V; ++l) dst[l] = l < nch ? srow[l] : T(0);
         }
       }
-    } else {  // NCHW: V channel rows of V columns at a time, transposed in registers
-      for (int64_t q = q0; q < q1; q += V) {
-        const int64_t ncols = std::min<int64_t>(V, q1 - q);
-        Vec<T, V> v[V];
-        for (int64_t l = 0; l < V; ++l) {
-          if (l >= nch) {
-            v[l] = Vec<T, V>::zero();
-          } else if (ncols == V) {
-            v[l] = Vec<T, V>::load(srow + l * L.sc + (q - q0));
-          } else {  // short row: never read past its end
-            T tmp[V] = {};
-            std::memcpy(tmp, srow + l * L.sc + (q - q0), sizeof(T) * ncols);
-            v[l] = Vec<T, V>::load(tmp);
-          }
-        }
-        transpose<T, V>(v);
-        for (int64_t t = 0; t < ncols; ++t) v[t].store(trow + (q + t) * V);
+    }
+    return;
+  }
+  // NCHW: each channel's plane is contiguous, so V consecutive source pixels of V
+  // channels are one register transpose away from V pixel vectors, whatever the width
+  // (rows of 8 or 7 pixels would waste most of a transpose done row by row).
+  const int64_t HW = H * W;
+  int64_t h = 0, w = 0;  // source pixel of plane offset m
+  for (int64_t m = 0; m < HW; m += V) {
+    const int64_t n = std::min<int64_t>(V, HW - m);
+    Vec<T, V> v[V];
+    for (int64_t l = 0; l < V; ++l) {
+      if (l >= nch) {
+        v[l] = Vec<T, V>::zero();
+      } else if (n == V) {
+        v[l] = Vec<T, V>::load(src + l * L.sc + m);
+      } else {  // the plane's last pixels: never read past them
+        T tmp[V];
+        for (int64_t t = 0; t < V; ++t) tmp[t] = t < n ? src[l * L.sc + m + t] : T(0);
+        v[l] = Vec<T, V>::load(tmp);
+      }
+    }
+    transpose<T, V>(v);
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t r = h + pad_r, q = w + pad_c;
+      if (r < rows && q < cols) v[t].store(tile + r * row + q * V);
+      if (++w == W) {
+        w = 0;
+        ++h;
       }
     }
   }
 }
 
-// dst(c = l, h = r, w = q) = tile[r][q][l] for l < nch. `dst` points at (n, cb, 0, 0).
+// dst(c = l, h = r, w = q) = tile[r][q][l] for l < nch. `dst` points at (n, cb, 0, 0),
+// and the tile covers the whole rows x cols destination plane.
 template <typename T>
 OFA_INLINE void store_tile(const T* tile, int64_t rows, int64_t cols, T* dst, const Layout& L,
                            int64_t nch) {
   constexpr int V = kLanes<T>;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* trow = tile + r * cols * V;
-    T* drow = dst + r * L.sh;
-    if (L.channels_last()) {
+  if (L.channels_last()) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* trow = tile + r * cols * V;
+      T* drow = dst + r * L.sh;
       for (int64_t q = 0; q < cols; ++q) {
-        if (nch == V) Vec<T, V>::load(trow + q * V).store(drow + q * L.sw);
-        else std::memcpy(drow + q * L.sw, trow + q * V, sizeof(T) * nch);
-      }
-    } else {
-      for (int64_t q = 0; q < cols; q += V) {
-        const int64_t ncols = std::min<int64_t>(V, cols - q);
-        Vec<T, V> v[V];
-        for (int64_t t = 0; t < V; ++t) v[t] = t < ncols ? Vec<T, V>::load(trow + (q + t) * V) : Vec<T, V>::zero();
-        transpose<T, V>(v);
-        for (int64_t l = 0; l < nch; ++l) {
-          if (ncols == V) {
-            v[l].store(drow + l * L.sc + q);
-          } else {
-            T tmp[V];
-            v[l].store(tmp);
-            std::memcpy(drow + l * L.sc + q, tmp, sizeof(T) * ncols);
-          }
+        if (nch == V) {
+          Vec<T, V>::load(trow + q * V).store(drow + q * L.sw);
+        } else {
+          for (int64_t l = 0; l < nch; ++l) drow[q * L.sw + l] = trow[q * V + l];
         }
+      }
+    }
+    return;
+  }
+  // NCHW: the dense tile and each channel's plane list pixels in the same order
+  const int64_t HW = rows * cols;
+  for (int64_t m = 0; m < HW; m += V) {
+    const int64_t n = std::min<int64_t>(V, HW - m);
+    Vec<T, V> v[V];
+    for (int64_t t = 0; t < V; ++t) v[t] = t < n ? Vec<T, V>::load(tile + (m + t) * V) : Vec<T, V>::zero();
+    transpose<T, V>(v);
+    for (int64_t l = 0; l < nch; ++l) {
+      if (n == V) {
+        v[l].store(dst + l * L.sc + m);
+      } else {
+        T tmp[V];
+        v[l].store(tmp);
+        for (int64_t t = 0; t < n; ++t) dst[l * L.sc + m + t] = tmp[t];
       }
     }
   }
@@ -165,12 +186,15 @@ struct OutTile {
 // Compute on tiles
 // ---------------------------------------------------------------------------------
 
-// R consecutive output pixels: out[r] = sum_t w[woff[t]] * in[off[t] + r * step].
-// R independent accumulators hide the multiply-add latency; every load is aligned.
-template <typename T, int R>
-OFA_INLINE void conv_block(const T* in, int64_t step, const int64_t* off, const T* wp,
+// R consecutive output pixels: out[r] = sum_t w[woff[t]] * in[off[t] + r * S * V]
+// (S: the input pixels between consecutive outputs; 0: runtime `stride` instead).
+// R independent accumulators hide the multiply-add latency; every load is aligned,
+// and with a constant S its address is one register plus a constant.
+template <typename T, int R, int S>
+OFA_INLINE void conv_block(const T* in, int64_t stride, const int64_t* off, const T* wp,
                            const int64_t* woff, int ntaps, T* out, int64_t out_px) {
   constexpr int V = kLanes<T>;
+  const int64_t step = (S > 0 ? S : stride) * V;
   Vec<T, V> acc[R];
   for (int r = 0; r < R; ++r) acc[r] = Vec<T, V>::zero();
   for (int t = 0; t < ntaps; ++t) {
@@ -181,13 +205,26 @@ OFA_INLINE void conv_block(const T* in, int64_t step, const int64_t* off, const 
   for (int r = 0; r < R; ++r) acc[r].store(out + r * out_px);
 }
 
-template <typename T>
-OFA_INLINE void conv_row(const T* in, int64_t step, const int64_t* off, const T* wp,
-                         const int64_t* woff, int ntaps, T* out, int64_t out_px, int64_t n) {
+template <typename T, int S>
+OFA_INLINE void conv_row_s(const T* in, int64_t stride, const int64_t* off, const T* wp,
+                           const int64_t* woff, int ntaps, T* out, int64_t out_px, int64_t n) {
+  const int64_t step = (S > 0 ? S : stride) * kLanes<T>;
   int64_t u = 0;
-  for (; u + 8 <= n; u += 8) conv_block<T, 8>(in + u * step, step, off, wp, woff, ntaps, out + u * out_px, out_px);
-  for (; u + 4 <= n; u += 4) conv_block<T, 4>(in + u * step, step, off, wp, woff, ntaps, out + u * out_px, out_px);
-  for (; u < n; ++u) conv_block<T, 1>(in + u * step, step, off, wp, woff, ntaps, out + u * out_px, out_px);
+  for (; u + 8 <= n; u += 8)
+    conv_block<T, 8, S>(in + u * step, stride, off, wp, woff, ntaps, out + u * out_px, out_px);
+  for (; u + 4 <= n; u += 4)
+    conv_block<T, 4, S>(in + u * step, stride, off, wp, woff, ntaps, out + u * out_px, out_px);
+  for (; u < n; ++u)
+    conv_block<T, 1, S>(in + u * step, stride, off, wp, woff, ntaps, out + u * out_px, out_px);
+}
+
+// One row of n output pixels; `stride` input pixels between consecutive outputs.
+template <typename T>
+OFA_INLINE void conv_row(const T* in, int64_t stride, const int64_t* off, const T* wp,
+                         const int64_t* woff, int ntaps, T* out, int64_t out_px, int64_t n) {
+  if (stride == 1) conv_row_s<T, 1>(in, stride, off, wp, woff, ntaps, out, out_px, n);
+  else if (stride == 2) conv_row_s<T, 2>(in, stride, off, wp, woff, ntaps, out, out_px, n);
+  else conv_row_s<T, 0>(in, stride, off, wp, woff, ntaps, out, out_px, n);
 }
 
 // Geometry of the zero-padded input tile the forward and the filter gradient read:
@@ -221,7 +258,7 @@ OFA_INLINE void fwd(const Problem& P, const T* x, const Layout& Lx, const T* wp,
     const bool direct = Ly.channels_last() && nch == V;
     const OutTile<T> o = direct ? OutTile<T>{ybase, Ly.sh, Ly.sw} : OutTile<T>{yt.data(), P.OW * V, V};
     for (int64_t oh = 0; oh < P.OH; ++oh)
-      conv_row(xt.data() + oh * P.s * it.cols * V, P.s * V, off, wp + blk * kk * V, woff, int(kk),
+      conv_row(xt.data() + oh * P.s * it.cols * V, P.s, off, wp + blk * kk * V, woff, int(kk),
                o.base + oh * o.row, o.px, P.OW);
     if (!direct) store_tile(yt.data(), P.OH, P.OW, ybase, Ly, nch);
   }
@@ -281,7 +318,7 @@ OFA_INLINE void bwd_input(const Problem& P, const T* go, const Layout& Lg, const
       for (int64_t b = 0; b < s; ++b) {
         const int64_t nu = phase_count(P.W, b, s), ph = a * s + b;
         for (int64_t q = 0; q < nq; ++q)
-          conv_row(gt.data() + q * cols * V, V, off.data() + ph * kk, wp + blk * kk * V,
+          conv_row(gt.data() + q * cols * V, 1, off.data() + ph * kk, wp + blk * kk * V,
                    woff.data() + ph * kk, ntaps[ph], o.base + (a + s * q) * o.row + b * o.px,
                    s * o.px, nu);
       }
@@ -291,20 +328,20 @@ OFA_INLINE void bwd_input(const Problem& P, const T* go, const Layout& Lg, const
 }
 
 // J filter-gradient accumulators of filter row i, columns [j0, j0 + J), over the
-// whole output tile of one unit; added into acc[(i * k + j) * V].
-template <typename T, int J>
+// whole output tile of one unit; added into acc[(i * k + j) * V]. Dilation 1 (OFA's
+// case) is a template case so the taps' offsets are constants, not spilled registers.
+template <typename T, int J, bool kUnitDilation>
 OFA_INLINE void wgrad_taps(const Problem& P, const InputTile& it, const T* xt, const T* g,
                            int64_t g_row, int64_t g_px, int64_t i, int64_t j0, T* acc) {
   constexpr int V = kLanes<T>;
   Vec<T, V> a[J];
   for (int jj = 0; jj < J; ++jj) a[jj] = Vec<T, V>::zero();
-  const int64_t step = P.s * V, dj = P.d * V;
+  const int64_t step = P.s * V, dj = kUnitDilation ? V : P.d * V;
   for (int64_t oh = 0; oh < P.OH; ++oh) {
-    const T* xrow = xt + ((oh * P.s + i * P.d) * it.cols + j0 * P.d) * V;
-    const T* grow = g + oh * g_row;
-    for (int64_t ow = 0; ow < P.OW; ++ow) {
-      const Vec<T, V> gv = Vec<T, V>::load(grow + ow * g_px);
-      const T* xp = xrow + ow * step;
+    const T* xp = xt + ((oh * P.s + i * P.d) * it.cols + j0 * P.d) * V;
+    const T* gp = g + oh * g_row;
+    for (int64_t ow = 0; ow < P.OW; ++ow, xp += step, gp += g_px) {
+      const Vec<T, V> gv = Vec<T, V>::load(gp);
       for (int jj = 0; jj < J; ++jj) a[jj].fma(gv, Vec<T, V>::load(xp + jj * dj));
     }
   }
@@ -313,6 +350,23 @@ OFA_INLINE void wgrad_taps(const Problem& P, const InputTile& it, const T* xt, c
     Vec<T, V> cur = Vec<T, V>::load(dst);
     cur.add(a[jj]);
     cur.store(dst);
+  }
+}
+
+template <typename T, bool kUnitDilation>
+OFA_INLINE void wgrad_row(const Problem& P, const InputTile& it, const T* xt, const T* g,
+                          int64_t g_row, int64_t g_px, int64_t i, T* acc) {
+  int64_t j = 0;
+  for (; j + 8 <= P.k; j += 8) wgrad_taps<T, 8, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc);
+  switch (P.k - j) {
+    case 7: wgrad_taps<T, 7, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
+    case 6: wgrad_taps<T, 6, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
+    case 5: wgrad_taps<T, 5, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
+    case 4: wgrad_taps<T, 4, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
+    case 3: wgrad_taps<T, 3, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
+    case 2: wgrad_taps<T, 2, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
+    case 1: wgrad_taps<T, 1, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
+    default: break;
   }
 }
 
@@ -337,18 +391,8 @@ OFA_INLINE void bwd_weight(const Problem& P, const T* go, const Layout& Lg, cons
     const int64_t g_row = direct ? Lg.sh : P.OW * V, g_px = direct ? Lg.sw : V;
     T* a = acc + blk * kk * V;
     for (int64_t i = 0; i < P.k; ++i) {
-      int64_t j = 0;
-      for (; j + 8 <= P.k; j += 8) wgrad_taps<T, 8>(P, it, xt.data(), g, g_row, g_px, i, j, a);
-      switch (P.k - j) {
-        case 7: wgrad_taps<T, 7>(P, it, xt.data(), g, g_row, g_px, i, j, a); break;
-        case 6: wgrad_taps<T, 6>(P, it, xt.data(), g, g_row, g_px, i, j, a); break;
-        case 5: wgrad_taps<T, 5>(P, it, xt.data(), g, g_row, g_px, i, j, a); break;
-        case 4: wgrad_taps<T, 4>(P, it, xt.data(), g, g_row, g_px, i, j, a); break;
-        case 3: wgrad_taps<T, 3>(P, it, xt.data(), g, g_row, g_px, i, j, a); break;
-        case 2: wgrad_taps<T, 2>(P, it, xt.data(), g, g_row, g_px, i, j, a); break;
-        case 1: wgrad_taps<T, 1>(P, it, xt.data(), g, g_row, g_px, i, j, a); break;
-        default: break;
-      }
+      if (P.d == 1) wgrad_row<T, true>(P, it, xt.data(), g, g_row, g_px, i, a);
+      else wgrad_row<T, false>(P, it, xt.data(), g, g_row, g_px, i, a);
     }
   }
 }
