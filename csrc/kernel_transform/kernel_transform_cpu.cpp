@@ -1,55 +1,51 @@
-// CPU implementation of OFA's kernel-transform chain. The work is tiny (at most
-// C * 25 * 25 multiply-adds for 7 -> 5 -> 3), so plain loops over channels do.
+// CPU implementation of OFA's kernel-transform chain, as small GEMMs on strided views.
+//
+// Step q maps the [C, S, S] filter F to [C, D * D] (D = the next size, o = S/2 - D/2):
+//   F'[c, r] = sum_{a, b < D} F[c, o + a, o + b] * M[r, a * D + b]
+//            = sum_a (F[:, o + a, o : o + D] @ M[:, a * D : (a + 1) * D]^T)[c, r],
+// and each F[:, o + a, o : o + D] is a [C, D] view with row stride S * S (for step 0,
+// of the max weight itself, row stride K * K): BLAS reads it in place through its
+// leading dimension, so the max weight is never sliced into a copy. The gradients
+// are the same products transposed, written through strided views of the results.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <vector>
 
 #include "kernel_transform.h"
-#include "kernel_transform_index.h"
 
 namespace ofa_fast {
 namespace {
 
-using kernel_transform::crop_flat_index;
-
-template <typename T>
-struct Mat {  // a transform matrix read in place through its strides
-  const T* p;
-  int64_t s0, s1;
-  T at(int64_t r, int64_t e) const { return p[r * s0 + e * s1]; }
-};
-
-template <typename T>
-std::vector<Mat<T>> mats_of(at::TensorList matrices) {
-  std::vector<Mat<T>> out;
-  for (const at::Tensor& M : matrices)
-    out.push_back(Mat<T>{M.const_data_ptr<T>(), M.stride(0), M.stride(1)});
-  return out;
+// Row a of the centre D x D window of every channel of F viewed as [C, S, S]:
+// a [C, D] view (no copy).
+at::Tensor window_row(const at::Tensor& F, int64_t S, int64_t D, int64_t a) {
+  const int64_t o = S / 2 - D / 2;
+  return F.select(1, o + a).narrow(1, o, D);
 }
 
-// Runs the chain for channel c, keeping every stage: f[q] holds the flattened
-// ks_chain[q] x ks_chain[q] filter after step q (f[0]: the max weight's channel).
-template <typename T>
-void chain_forward(const KtGeometry& g, const T* w, int64_t ws0, int64_t ws2, int64_t ws3,
-                   const std::vector<Mat<T>>& M, int64_t c, std::vector<std::vector<T>>& f) {
-  const int64_t K = g.K;
-  f[0].resize(K * K);
-  for (int64_t a = 0; a < K; ++a)
-    for (int64_t b = 0; b < K; ++b) f[0][a * K + b] = w[c * ws0 + a * ws2 + b * ws3];
+// The stages of the chain: f[0] = weight[:C, 0] as [C, K, K] (a view), then each
+// step's [C, D, D] result.
+std::vector<at::Tensor> chain_stages(const KtGeometry& g, const at::Tensor& weight,
+                                     at::TensorList matrices) {
+  std::vector<at::Tensor> f{weight.narrow(0, 0, g.C).select(1, 0)};
   for (size_t q = 0; q + 1 < g.chain.size(); ++q) {
-    const int src = int(g.chain[q]), dst = int(g.chain[q + 1]), n = dst * dst;
-    f[q + 1].assign(n, T(0));
-    for (int r = 0; r < n; ++r) {
-      T acc = 0;
-      for (int e = 0; e < n; ++e) acc += f[q][crop_flat_index(e, src, dst)] * M[q].at(r, e);
-      f[q + 1][r] = acc;
-    }
+    const int64_t S = g.chain[q], D = g.chain[q + 1];
+    at::Tensor out = at::zeros({g.C, D * D}, weight.options());
+    for (int64_t a = 0; a < D; ++a)
+      out.addmm_(window_row(f[q], S, D, a), matrices[q].narrow(1, a * D, D).t());
+    f.push_back(out.view({g.C, D, D}));
   }
+  return f;
+}
+
+void check_cpu_dtype(const at::Tensor& t, const char* op) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": dtype ",
+              t.scalar_type(), " is not supported on the CPU; use float32 or float64");
 }
 
 }  // namespace
@@ -58,23 +54,8 @@ at::Tensor kernel_transform_cpu(const at::Tensor& weight, at::TensorList matrice
                                 at::IntArrayRef ks_chain, int64_t channels) {
   const char* op = "ofa_fast.kernel_transform";
   const KtGeometry g = kernel_transform_geometry(weight, matrices, ks_chain, channels, op);
-  TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble, op,
-              ": dtype ", weight.scalar_type(), " is not supported on the CPU; use float32 or float64");
-  const int64_t k = g.chain.back();
-  at::Tensor out = at::empty({g.C, 1, k, k}, weight.options());
-  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "ofa_fast_kernel_transform_cpu", [&] {
-    const std::vector<Mat<scalar_t>> M = mats_of<scalar_t>(matrices);
-    const scalar_t* w = weight.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, g.C, 64, [&](int64_t b, int64_t e) {
-      std::vector<std::vector<scalar_t>> f(g.chain.size());
-      for (int64_t c = b; c < e; ++c) {
-        chain_forward(g, w, weight.stride(0), weight.stride(2), weight.stride(3), M, c, f);
-        std::copy(f.back().begin(), f.back().end(), o + c * k * k);
-      }
-    });
-  });
-  return out;
+  check_cpu_dtype(weight, op);
+  return chain_stages(g, weight, matrices).back().unsqueeze(1);
 }
 
 std::vector<at::Tensor> kernel_transform_backward_cpu(const at::Tensor& grad,
@@ -90,56 +71,29 @@ std::vector<at::Tensor> kernel_transform_backward_cpu(const at::Tensor& grad,
               op, ": grad has shape ", grad.sizes(), "; expected [", g.C, ", 1, ", k, ", ", k, "]");
   TORCH_CHECK(grad.scalar_type() == weight.scalar_type(), op, ": grad dtype ", grad.scalar_type(),
               " differs from weight dtype ", weight.scalar_type());
-  TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble, op,
-              ": dtype ", weight.scalar_type(), " is not supported on the CPU; use float32 or float64");
+  check_cpu_dtype(weight, op);
+  const std::vector<at::Tensor> f = chain_stages(g, weight, matrices);
   at::Tensor gw = at::zeros(weight.sizes(), weight.options());
-  std::vector<at::Tensor> result{gw};
-  for (const at::Tensor& M : matrices) result.push_back(at::zeros(M.sizes(), M.options()));
-  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "ofa_fast_kernel_transform_backward_cpu", [&] {
-    const std::vector<Mat<scalar_t>> M = mats_of<scalar_t>(matrices);
-    const scalar_t* w = weight.const_data_ptr<scalar_t>();
-    const at::Tensor gc = grad.contiguous();
-    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
-    scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
-    // Matrix gradients sum over channels: one private set per thread, added at the end.
-    const int nthreads = at::get_num_threads();
-    std::vector<std::vector<std::vector<scalar_t>>> gM(nthreads);
-    at::parallel_for(0, g.C, 64, [&](int64_t b, int64_t e) {
-      std::vector<std::vector<scalar_t>>& mine = gM[at::get_thread_num()];
-      if (mine.empty())
-        for (int64_t q = 0; q < m; ++q) mine.emplace_back(g.chain[q + 1] * g.chain[q + 1] * g.chain[q + 1] * g.chain[q + 1], scalar_t(0));
-      std::vector<std::vector<scalar_t>> f(g.chain.size());
-      std::vector<scalar_t> cur, prev;
-      for (int64_t c = b; c < e; ++c) {
-        chain_forward(g, w, weight.stride(0), weight.stride(2), weight.stride(3), M, c, f);
-        cur.assign(gp + c * k * k, gp + (c + 1) * k * k);
-        for (int64_t q = m - 1; q >= 0; --q) {
-          const int src = int(g.chain[q]), dst = int(g.chain[q + 1]), n = dst * dst;
-          prev.assign(src * src, scalar_t(0));
-          for (int e2 = 0; e2 < n; ++e2) {
-            const int fe = crop_flat_index(e2, src, dst);
-            scalar_t acc = 0;
-            for (int r = 0; r < n; ++r) {
-              acc += cur[r] * M[q].at(r, e2);
-              mine[q][r * n + e2] += cur[r] * f[q][fe];
-            }
-            prev[fe] = acc;
-          }
-          cur.swap(prev);
-        }
-        for (int64_t a = 0; a < g.K; ++a)
-          for (int64_t bb = 0; bb < g.K; ++bb)
-            gwp[c * gw.stride(0) + a * gw.stride(2) + bb * gw.stride(3)] = cur[a * g.K + bb];
-      }
-    });
-    for (int64_t q = 0; q < m; ++q) {
-      scalar_t* out = result[q + 1].mutable_data_ptr<scalar_t>();
-      const int64_t n2 = result[q + 1].numel();
-      for (const auto& mine : gM)
-        if (!mine.empty())
-          for (int64_t e2 = 0; e2 < n2; ++e2) out[e2] += mine[q][e2];
+  std::vector<at::Tensor> result(static_cast<size_t>(m + 1));
+  result[0] = gw;
+  // gradient w.r.t. the output of step q, as [C, D * D]
+  at::Tensor gout = grad.reshape({g.C, k * k});
+  for (int64_t q = m - 1; q >= 0; --q) {
+    const int64_t S = g.chain[q], D = g.chain[q + 1];
+    const at::Tensor& M = matrices[q];
+    at::Tensor gM = at::empty({D * D, D * D}, M.options());
+    // gradient w.r.t. step q's input, [C, S, S]: the max weight's crop for q == 0
+    at::Tensor gin = q == 0 ? gw.narrow(0, 0, g.C).select(1, 0) : at::zeros({g.C, S, S}, weight.options());
+    for (int64_t a = 0; a < D; ++a) {
+      // dM[:, aD:(a+1)D] = gout^T @ F_window_row(a);  dF_window_row(a) = gout @ M[:, aD:(a+1)D]
+      at::Tensor gm = gM.narrow(1, a * D, D);
+      at::mm_out(gm, gout.t(), window_row(f[q], S, D, a));
+      at::Tensor dst = window_row(gin, S, D, a);
+      at::mm_out(dst, gout, M.narrow(1, a * D, D));
     }
-  });
+    result[q + 1] = gM;
+    gout = gin.reshape({g.C, S * S});
+  }
   return result;
 }
 
