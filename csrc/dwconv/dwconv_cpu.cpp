@@ -25,32 +25,33 @@ using cpu::kLanes;
 
 #define OFA_DW_ENTRY_POINTS(T, SUFFIX)                                                         \
   OFA_CPU_MULTIVERSION void fwd_##SUFFIX(const dw::Problem& P, const T* x, const dw::Layout& Lx, \
-                                         const T* wp, T* y, const dw::Layout& Ly, int64_t b,   \
-                                         int64_t e) {                                          \
-    dw::fwd<T>(P, x, Lx, wp, y, Ly, b, e);                                                     \
+                                         const T* wp, T* y, const dw::Layout& Ly, int64_t grp, \
+                                         int64_t b, int64_t e) {                               \
+    dw::fwd<T>(P, x, Lx, wp, y, Ly, grp, b, e);                                                \
   }                                                                                            \
   OFA_CPU_MULTIVERSION void bwd_input_##SUFFIX(const dw::Problem& P, const T* go,              \
                                                const dw::Layout& Lg, const T* wp, T* gx,       \
-                                               const dw::Layout& Lx, int64_t b, int64_t e) {   \
-    dw::bwd_input<T>(P, go, Lg, wp, gx, Lx, b, e);                                             \
+                                               const dw::Layout& Lx, int64_t grp, int64_t b,   \
+                                               int64_t e) {                                    \
+    dw::bwd_input<T>(P, go, Lg, wp, gx, Lx, grp, b, e);                                        \
   }                                                                                            \
   OFA_CPU_MULTIVERSION void bwd_weight_##SUFFIX(const dw::Problem& P, const T* go,             \
                                                 const dw::Layout& Lg, const T* x,              \
-                                                const dw::Layout& Lx, T* acc, int64_t b,       \
-                                                int64_t e) {                                   \
-    dw::bwd_weight<T>(P, go, Lg, x, Lx, acc, b, e);                                            \
+                                                const dw::Layout& Lx, T* acc, int64_t grp,     \
+                                                int64_t b, int64_t e) {                        \
+    dw::bwd_weight<T>(P, go, Lg, x, Lx, acc, grp, b, e);                                       \
   }                                                                                            \
   void fwd(const dw::Problem& P, const T* x, const dw::Layout& Lx, const T* wp, T* y,          \
-           const dw::Layout& Ly, int64_t b, int64_t e) {                                       \
-    fwd_##SUFFIX(P, x, Lx, wp, y, Ly, b, e);                                                   \
+           const dw::Layout& Ly, int64_t grp, int64_t b, int64_t e) {                          \
+    fwd_##SUFFIX(P, x, Lx, wp, y, Ly, grp, b, e);                                              \
   }                                                                                            \
   void bwd_input(const dw::Problem& P, const T* go, const dw::Layout& Lg, const T* wp, T* gx,  \
-                 const dw::Layout& Lx, int64_t b, int64_t e) {                                 \
-    bwd_input_##SUFFIX(P, go, Lg, wp, gx, Lx, b, e);                                           \
+                 const dw::Layout& Lx, int64_t grp, int64_t b, int64_t e) {                    \
+    bwd_input_##SUFFIX(P, go, Lg, wp, gx, Lx, grp, b, e);                                      \
   }                                                                                            \
   void bwd_weight(const dw::Problem& P, const T* go, const dw::Layout& Lg, const T* x,         \
-                  const dw::Layout& Lx, T* acc, int64_t b, int64_t e) {                        \
-    bwd_weight_##SUFFIX(P, go, Lg, x, Lx, acc, b, e);                                          \
+                  const dw::Layout& Lx, T* acc, int64_t grp, int64_t b, int64_t e) {           \
+    bwd_weight_##SUFFIX(P, go, Lg, x, Lx, acc, grp, b, e);                                     \
   }
 
 OFA_DW_ENTRY_POINTS(float, f32)
@@ -93,6 +94,21 @@ dw::Layout layout_of(int64_t C, int64_t H, int64_t W, bool channels_last) {
   return channels_last ? dw::Layout{H * W * C, 1, W * C, C} : dw::Layout{C * H * W, H * W, W, 1};
 }
 
+// Channel blocks per work unit. NCHW: one (its 16 planes are one contiguous stretch).
+// channels_last: a whole image's when the batch alone gives every thread a few units
+// (its tiles then stage in one sequential pass over the pixels), fewer for small
+// batches so the threads still share the work.
+struct Units {
+  int64_t group, count;
+};
+Units units_of(const DwGeometry& g, int64_t nb) {
+  if (!g.channels_last) return Units{1, g.N * nb};
+  const int64_t want = 2 * at::get_num_threads();
+  const int64_t per_image = std::max<int64_t>(1, std::min<int64_t>(nb, (want + g.N - 1) / std::max<int64_t>(1, g.N)));
+  const int64_t group = (nb + per_image - 1) / per_image;
+  return Units{group, g.N * ((nb + group - 1) / group)};
+}
+
 // Work items of roughly this many multiply-adds keep thread start-up negligible.
 constexpr int64_t kGrainMacs = 1 << 15;
 
@@ -122,10 +138,9 @@ at::Tensor dwconv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64
     const dw::Layout Ly = layout_of(g.C, g.OH, g.OW, g.channels_last);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const int64_t units = g.N * dw::channel_blocks<scalar_t>(g.C);
-    at::parallel_for(0, units, grain(g.OH * g.OW * kLanes<scalar_t> * g.k * g.k), [&](int64_t b, int64_t e) {
-      fwd(P, xp, Lx, wp.data(), yp, Ly, b, e);
-    });
+    const Units u = units_of(g, dw::channel_blocks<scalar_t>(g.C));
+    at::parallel_for(0, u.count, grain(u.group * g.OH * g.OW * kLanes<scalar_t> * g.k * g.k),
+                     [&](int64_t b, int64_t e) { fwd(P, xp, Lx, wp.data(), yp, Ly, u.group, b, e); });
   });
   return y;
 }
@@ -149,10 +164,10 @@ at::Tensor dwconv2d_backward_input_cpu(const at::Tensor& grad_output, const at::
     const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    const int64_t units = g.N * dw::channel_blocks<scalar_t>(g.C);
-    const int64_t macs = g.H * g.W * kLanes<scalar_t> * (g.k * g.k / (g.s * g.s) + 1);
-    at::parallel_for(0, units, grain(macs), [&](int64_t b, int64_t e) {
-      bwd_input(P, gop, Lg, wp.data(), gxp, Lx, b, e);
+    const Units u = units_of(g, dw::channel_blocks<scalar_t>(g.C));
+    const int64_t macs = u.group * g.H * g.W * kLanes<scalar_t> * (g.k * g.k / (g.s * g.s) + 1);
+    at::parallel_for(0, u.count, grain(macs), [&](int64_t b, int64_t e) {
+      bwd_input(P, gop, Lg, wp.data(), gxp, Lx, u.group, b, e);
     });
   });
   return gx;
@@ -178,7 +193,7 @@ at::Tensor dwconv2d_backward_weight_cpu(const at::Tensor& grad_output, const at:
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     scalar_t* base = gw.mutable_data_ptr<scalar_t>() + g.crop * gw.stride(2) + g.crop * gw.stride(3);
     const dw::FilterGrad<scalar_t> out{base, gw.stride(0), gw.stride(2), gw.stride(3)};
-    // Units (image, channel block) are split between threads, each summing into its
+    // Units (image, channel blocks) are split between threads, each summing into its
     // own [blocks][k * k][lanes] accumulator; they are added up at the end.
     constexpr int V = kLanes<scalar_t>;
     const int64_t nb = dw::channel_blocks<scalar_t>(g.C), kk = g.k * g.k, per = nb * kk * V;
@@ -187,10 +202,11 @@ at::Tensor dwconv2d_backward_weight_cpu(const at::Tensor& grad_output, const at:
     std::vector<char> used(static_cast<size_t>(nthreads), 0);
     const dw::Layout Lg = layout_of(g.C, g.OH, g.OW, g.channels_last);
     const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
-    at::parallel_for(0, g.N * nb, grain(g.OH * g.OW * V * kk), [&](int64_t b, int64_t e) {
+    const Units u = units_of(g, nb);
+    at::parallel_for(0, u.count, grain(u.group * g.OH * g.OW * V * kk), [&](int64_t b, int64_t e) {
       const int t = at::get_thread_num();
       used[t] = 1;
-      bwd_weight(P, gop, Lg, xp, Lx, acc.data() + t * per, b, e);
+      bwd_weight(P, gop, Lg, xp, Lx, acc.data() + t * per, u.group, b, e);
     });
     for (int64_t c = 0; c < g.C; ++c)
       for (int64_t i = 0; i < g.k; ++i)
