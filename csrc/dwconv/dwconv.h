@@ -9,6 +9,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
+#include <tuple>
+
 namespace ofa_fast {
 
 // Everything a kernel needs to know about one call, validated.
@@ -39,6 +42,10 @@ at::Tensor dwconv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64
 at::Tensor dwconv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                        const at::Tensor& weight, int64_t kernel_size,
                                        int64_t stride, int64_t dilation, int64_t padding);
+std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    int64_t kernel_size, int64_t stride, int64_t dilation, int64_t padding,
+    std::array<bool, 2> output_mask);
 at::Tensor dwconv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                         const at::Tensor& weight, int64_t kernel_size,
                                         int64_t stride, int64_t dilation, int64_t padding);

@@ -79,6 +79,9 @@ void register_dwconv_schemas(torch::Library& m) {
   // Gradient of the full max weight: zero outside the active crop of weight[:C].
   m.def("dwconv2d_backward_weight(Tensor grad_output, Tensor input, Tensor weight, "
         "int kernel_size, int stride, int dilation, int padding) -> Tensor");
+  // Both gradients in one pass over grad_output (CPU); a masked-off one comes back empty.
+  m.def("dwconv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int kernel_size, "
+        "int stride, int dilation, int padding, bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 }  // namespace ofa_fast

@@ -8,6 +8,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <tuple>
 #include <vector>
 
 #include "dwconv.h"
@@ -29,29 +31,20 @@ using cpu::kLanes;
                                          int64_t b, int64_t e) {                               \
     dw::fwd<T>(P, x, Lx, wp, y, Ly, grp, b, e);                                                \
   }                                                                                            \
-  OFA_CPU_MULTIVERSION void bwd_input_##SUFFIX(const dw::Problem& P, const T* go,              \
-                                               const dw::Layout& Lg, const T* wp, T* gx,       \
-                                               const dw::Layout& Lx, int64_t grp, int64_t b,   \
-                                               int64_t e) {                                    \
-    dw::bwd_input<T>(P, go, Lg, wp, gx, Lx, grp, b, e);                                        \
-  }                                                                                            \
-  OFA_CPU_MULTIVERSION void bwd_weight_##SUFFIX(const dw::Problem& P, const T* go,             \
-                                                const dw::Layout& Lg, const T* x,              \
-                                                const dw::Layout& Lx, T* acc, int64_t grp,     \
-                                                int64_t b, int64_t e) {                        \
-    dw::bwd_weight<T>(P, go, Lg, x, Lx, acc, grp, b, e);                                       \
+  OFA_CPU_MULTIVERSION void bwd_##SUFFIX(const dw::Problem& P, const T* go,                    \
+                                         const dw::Layout& Lg, const T* x, const dw::Layout& Lx, \
+                                         const T* wp, T* gx, T* acc, bool ngx, bool ngw,         \
+                                         int64_t grp, int64_t b, int64_t e) {                    \
+    dw::bwd<T>(P, go, Lg, x, Lx, wp, gx, acc, ngx, ngw, grp, b, e);                              \
   }                                                                                            \
   void fwd(const dw::Problem& P, const T* x, const dw::Layout& Lx, const T* wp, T* y,          \
            const dw::Layout& Ly, int64_t grp, int64_t b, int64_t e) {                          \
     fwd_##SUFFIX(P, x, Lx, wp, y, Ly, grp, b, e);                                              \
   }                                                                                            \
-  void bwd_input(const dw::Problem& P, const T* go, const dw::Layout& Lg, const T* wp, T* gx,  \
-                 const dw::Layout& Lx, int64_t grp, int64_t b, int64_t e) {                    \
-    bwd_input_##SUFFIX(P, go, Lg, wp, gx, Lx, grp, b, e);                                      \
-  }                                                                                            \
-  void bwd_weight(const dw::Problem& P, const T* go, const dw::Layout& Lg, const T* x,         \
-                  const dw::Layout& Lx, T* acc, int64_t grp, int64_t b, int64_t e) {           \
-    bwd_weight_##SUFFIX(P, go, Lg, x, Lx, acc, grp, b, e);                                     \
+  void bwd(const dw::Problem& P, const T* go, const dw::Layout& Lg, const T* x,                \
+           const dw::Layout& Lx, const T* wp, T* gx, T* acc, bool ngx, bool ngw, int64_t grp,  \
+           int64_t b, int64_t e) {                                                             \
+    bwd_##SUFFIX(P, go, Lg, x, Lx, wp, gx, acc, ngx, ngw, grp, b, e);                          \
   }
 
 OFA_DW_ENTRY_POINTS(float, f32)
@@ -145,85 +138,83 @@ at::Tensor dwconv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64
   return y;
 }
 
-at::Tensor dwconv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                       const at::Tensor& weight, int64_t kernel_size,
-                                       int64_t stride, int64_t dilation, int64_t padding) {
-  const char* op = "ofa_fast.dwconv2d_backward_input";
+std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    int64_t kernel_size, int64_t stride, int64_t dilation, int64_t padding,
+    std::array<bool, 2> output_mask) {
+  const char* op = "ofa_fast.dwconv2d_backward";
   const DwGeometry g = dwconv_geometry(input, weight, kernel_size, stride, dilation, padding, op);
   dwconv_check_grad_output(grad_output, g, op);
   check_cpu_dtype(input, op);
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype ",
               grad_output.scalar_type(), " differs from input dtype ", input.scalar_type());
+  const bool need_gx = output_mask[0], need_gw = output_mask[1];
+  // masked-off gradients come back as empty tensors
+  at::Tensor gx = need_gx ? at::empty({g.N, g.C, g.H, g.W}, input.options().memory_format(format_of(g)))
+                          : at::empty({0}, input.options());
+  // full-size gradient of the max weight: zero outside the active crop of weight[:C]
+  at::Tensor gw = need_gw ? at::zeros(weight.sizes(), weight.options()) : at::empty({0}, weight.options());
+  if ((!need_gx && !need_gw) || g.N * g.C * g.H * g.W == 0) return {gx, gw};
   const at::Tensor go = grad_output.contiguous(format_of(g));
-  at::Tensor gx = at::empty({g.N, g.C, g.H, g.W}, input.options().memory_format(format_of(g)));
-  if (gx.numel() == 0) return gx;
+  const at::Tensor x = need_gw ? input.contiguous(format_of(g)) : input;
   const dw::Problem P = problem_of(g);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ofa_fast_dwconv2d_backward_input_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ofa_fast_dwconv2d_backward_cpu", [&] {
+    constexpr int V = kLanes<scalar_t>;
     const std::vector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
     const dw::Layout Lg = layout_of(g.C, g.OH, g.OW, g.channels_last);
     const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
+    const int64_t nb = dw::channel_blocks<scalar_t>(g.C), kk = g.k * g.k, per = nb * kk * V;
+    // Units are split between threads, each summing the filter gradient into its own
+    // [blocks][k * k][lanes] accumulator; they are added up at the end.
+    const int nthreads = at::get_num_threads();
+    std::vector<scalar_t> acc(static_cast<size_t>(need_gw ? per * nthreads : 0), scalar_t(0));
+    std::vector<char> used(static_cast<size_t>(nthreads), 0);
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
-    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    const Units u = units_of(g, dw::channel_blocks<scalar_t>(g.C));
-    const int64_t macs = u.group * g.H * g.W * kLanes<scalar_t> * (g.k * g.k / (g.s * g.s) + 1);
+    const scalar_t* xp = need_gw ? x.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gxp = need_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr;
+    const Units u = units_of(g, nb);
+    const int64_t macs = u.group * g.OH * g.OW * V * kk * (int64_t(need_gx) + int64_t(need_gw));
     at::parallel_for(0, u.count, grain(macs), [&](int64_t b, int64_t e) {
-      bwd_input(P, gop, Lg, wp.data(), gxp, Lx, u.group, b, e);
+      const int t = at::get_thread_num();
+      used[t] = 1;
+      bwd(P, gop, Lg, xp, Lx, wp.data(), gxp, need_gw ? acc.data() + t * per : nullptr, need_gx,
+          need_gw, u.group, b, e);
     });
+    if (need_gw) {
+      scalar_t* base = gw.mutable_data_ptr<scalar_t>() + g.crop * gw.stride(2) + g.crop * gw.stride(3);
+      const dw::FilterGrad<scalar_t> out{base, gw.stride(0), gw.stride(2), gw.stride(3)};
+      for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t i = 0; i < g.k; ++i)
+          for (int64_t j = 0; j < g.k; ++j) {
+            scalar_t sum = 0;
+            for (int t = 0; t < nthreads; ++t)
+              if (used[t]) sum += acc[t * per + ((c / V) * kk + i * g.k + j) * V + c % V];
+            out.at(c, i, j) = sum;
+          }
+    }
   });
-  return gx;
+  return {gx, gw};
+}
+
+at::Tensor dwconv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                       const at::Tensor& weight, int64_t kernel_size,
+                                       int64_t stride, int64_t dilation, int64_t padding) {
+  return std::get<0>(dwconv2d_backward_cpu(grad_output, input, weight, kernel_size, stride,
+                                           dilation, padding, {true, false}));
 }
 
 at::Tensor dwconv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                         const at::Tensor& weight, int64_t kernel_size,
                                         int64_t stride, int64_t dilation, int64_t padding) {
-  const char* op = "ofa_fast.dwconv2d_backward_weight";
-  const DwGeometry g = dwconv_geometry(input, weight, kernel_size, stride, dilation, padding, op);
-  dwconv_check_grad_output(grad_output, g, op);
-  check_cpu_dtype(input, op);
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype ",
-              grad_output.scalar_type(), " differs from input dtype ", input.scalar_type());
-  // Full-size gradient of the max weight: zero outside the active crop of weight[:C].
-  at::Tensor gw = at::zeros(weight.sizes(), weight.options());
-  if (g.N * g.OH * g.OW == 0) return gw;
-  const at::Tensor x = input.contiguous(format_of(g));
-  const at::Tensor go = grad_output.contiguous(format_of(g));
-  const dw::Problem P = problem_of(g);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ofa_fast_dwconv2d_backward_weight_cpu", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gop = go.const_data_ptr<scalar_t>();
-    scalar_t* base = gw.mutable_data_ptr<scalar_t>() + g.crop * gw.stride(2) + g.crop * gw.stride(3);
-    const dw::FilterGrad<scalar_t> out{base, gw.stride(0), gw.stride(2), gw.stride(3)};
-    // Units (image, channel blocks) are split between threads, each summing into its
-    // own [blocks][k * k][lanes] accumulator; they are added up at the end.
-    constexpr int V = kLanes<scalar_t>;
-    const int64_t nb = dw::channel_blocks<scalar_t>(g.C), kk = g.k * g.k, per = nb * kk * V;
-    const int nthreads = at::get_num_threads();
-    std::vector<scalar_t> acc(static_cast<size_t>(per * nthreads), scalar_t(0));
-    std::vector<char> used(static_cast<size_t>(nthreads), 0);
-    const dw::Layout Lg = layout_of(g.C, g.OH, g.OW, g.channels_last);
-    const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
-    const Units u = units_of(g, nb);
-    at::parallel_for(0, u.count, grain(u.group * g.OH * g.OW * V * kk), [&](int64_t b, int64_t e) {
-      const int t = at::get_thread_num();
-      used[t] = 1;
-      bwd_weight(P, gop, Lg, xp, Lx, acc.data() + t * per, u.group, b, e);
-    });
-    for (int64_t c = 0; c < g.C; ++c)
-      for (int64_t i = 0; i < g.k; ++i)
-        for (int64_t j = 0; j < g.k; ++j) {
-          scalar_t sum = 0;
-          for (int t = 0; t < nthreads; ++t)
-            if (used[t]) sum += acc[t * per + ((c / V) * kk + i * g.k + j) * V + c % V];
-          out.at(c, i, j) = sum;
-        }
-  });
-  return gw;
+  return std::get<1>(dwconv2d_backward_cpu(grad_output, input, weight, kernel_size, stride,
+                                           dilation, padding, {false, true}));
 }
 
 TORCH_LIBRARY_IMPL(ofa_fast, CPU, m) {
   m.impl("dwconv2d", &dwconv2d_cpu);
   m.impl("dwconv2d_backward_input", &dwconv2d_backward_input_cpu);
   m.impl("dwconv2d_backward_weight", &dwconv2d_backward_weight_cpu);
+  m.impl("dwconv2d_backward", &dwconv2d_backward_cpu);
 }
 
 }  // namespace ofa_fast

@@ -331,66 +331,69 @@ OFA_INLINE void fwd(const Problem& P, const T* x, const Layout& Lx, const T* wp,
   }
 }
 
-// Gradient of the input over units [begin, end). Input pixels of one phase
-// (ih = a + s * q, iw = b + s * u) share one set of taps, and tap (i, j) reads
-// grad_out[q + ro_i][u + co_j]: a stride-1 correlation of the zero-padded grad_out
-// tile per phase pair.
+// The zero-padded grad_out tile the gradient of the input gathers from. Input pixels
+// of one phase (ih = a + s * q, iw = b + s * u) share one set of taps, and tap (i, j)
+// reads grad_out[q + ro_i][u + co_j]: per phase pair, a stride-1 correlation. The
+// tile also holds all of grad_out at (pad, pad), so the filter gradient reads it too.
+struct GradOutTile {
+  int64_t pad, rows, cols;
+  std::vector<int64_t> off, woff;  // per phase pair: tile and packed-filter offsets
+  std::vector<int> ntaps;
+  template <typename T>
+  GradOutTile(const Problem& P, T /*dtype tag*/) {
+    constexpr int V = kLanes<T>;
+    const int64_t s = P.s, k = P.k, kk = k * k;
+    // extremes of the offsets of every tap that matches some phase; rows and columns
+    // follow the same rule (square kernels, same s, d, p)
+    int64_t o_min = 0, o_max = 0;
+    bool first = true;
+    for (int64_t a = 0; a < s; ++a)
+      for (int64_t i = 0; i < k; ++i)
+        if (tap_matches_phase(a, i, s, P.d, P.p)) {
+          const int64_t o = phase_tap_output_offset(a, i, s, P.d, P.p);
+          o_min = first ? o : std::min(o_min, o);
+          o_max = first ? o : std::max(o_max, o);
+          first = false;
+        }
+    pad = std::max<int64_t>(0, -o_min);
+    rows = std::max((P.H + s - 1) / s + o_max, P.OH) + pad;
+    cols = std::max((P.W + s - 1) / s + o_max, P.OW) + pad;
+    off.assign(static_cast<size_t>(s * s * kk), 0);
+    woff.assign(off.size(), 0);
+    ntaps.assign(static_cast<size_t>(s * s), 0);
+    for (int64_t a = 0; a < s; ++a)
+      for (int64_t b = 0; b < s; ++b) {
+        int& nt = ntaps[a * s + b];
+        for (int64_t i = 0; i < k; ++i) {
+          if (!tap_matches_phase(a, i, s, P.d, P.p)) continue;
+          const int64_t ro = phase_tap_output_offset(a, i, s, P.d, P.p);
+          for (int64_t j = 0; j < k; ++j) {
+            if (!tap_matches_phase(b, j, s, P.d, P.p)) continue;
+            const int64_t co = phase_tap_output_offset(b, j, s, P.d, P.p);
+            off[(a * s + b) * kk + nt] = ((ro + pad) * cols + co + pad) * V;
+            woff[(a * s + b) * kk + nt] = (i * k + j) * V;
+            ++nt;
+          }
+        }
+      }
+  }
+};
+
+// Gradient of the input of one channel block: gb its grad_out tile, wpb its packed
+// filter, xb the dense H x W output tile.
 template <typename T>
-OFA_INLINE void bwd_input(const Problem& P, const T* go, const Layout& Lg, const T* wp, T* gx,
-                          const Layout& Lx, int64_t group, int64_t begin, int64_t end) {
+OFA_INLINE void input_grad_block(const Problem& P, const GradOutTile& gt, const T* gb,
+                                 const T* wpb, T* xb) {
   constexpr int V = kLanes<T>;
-  const int64_t s = P.s, k = P.k, nb = channel_blocks<T>(P.C), kk = k * k;
-  // extremes of the grad_out offsets of every tap that matches some phase; rows and
-  // columns follow the same rule (square kernels, same s, d, p)
-  int64_t o_min = 0, o_max = 0;
-  bool first = true;
-  for (int64_t a = 0; a < s; ++a)
-    for (int64_t i = 0; i < k; ++i)
-      if (tap_matches_phase(a, i, s, P.d, P.p)) {
-        const int64_t o = phase_tap_output_offset(a, i, s, P.d, P.p);
-        o_min = first ? o : std::min(o_min, o);
-        o_max = first ? o : std::max(o_max, o);
-        first = false;
-      }
-  const int64_t pad = std::max<int64_t>(0, -o_min);
-  const int64_t rows = (P.H + s - 1) / s + o_max + pad, cols = (P.W + s - 1) / s + o_max + pad;
-  const int64_t gsize = rows * cols * V, xsize = P.H * P.W * V;
-  std::vector<T> gt(static_cast<size_t>(group * gsize)), xt(static_cast<size_t>(group * xsize));
-  // taps of each phase pair (a, b): tile offsets and packed-filter offsets
-  std::vector<int64_t> off(static_cast<size_t>(s * s * kk)), woff(off.size());
-  std::vector<int> ntaps(static_cast<size_t>(s * s), 0);
-  for (int64_t a = 0; a < s; ++a)
+  const int64_t s = P.s, kk = P.k * P.k;
+  for (int64_t a = 0; a < s; ++a) {
+    const int64_t nq = phase_count(P.H, a, s);
     for (int64_t b = 0; b < s; ++b) {
-      int& nt = ntaps[a * s + b];
-      for (int64_t i = 0; i < k; ++i) {
-        if (!tap_matches_phase(a, i, s, P.d, P.p)) continue;
-        const int64_t ro = phase_tap_output_offset(a, i, s, P.d, P.p);
-        for (int64_t j = 0; j < k; ++j) {
-          if (!tap_matches_phase(b, j, s, P.d, P.p)) continue;
-          const int64_t co = phase_tap_output_offset(b, j, s, P.d, P.p);
-          off[(a * s + b) * kk + nt] = ((ro + pad) * cols + co + pad) * V;
-          woff[(a * s + b) * kk + nt] = (i * k + j) * V;
-          ++nt;
-        }
-      }
+      const int64_t nu = phase_count(P.W, b, s), ph = a * s + b;
+      for (int64_t q = 0; q < nq; ++q)
+        conv_row(gb + q * gt.cols * V, 1, gt.off.data() + ph * kk, wpb, gt.woff.data() + ph * kk,
+                 gt.ntaps[ph], xb + ((a + s * q) * P.W + b) * V, s * V, nu);
     }
-  for (int64_t index = begin; index < end; ++index) {
-    const Unit u = unit_of(index, nb, group);
-    load_tiles(gt.data(), rows, cols, go + u.n * Lg.sn, Lg, P.C, P.OH, P.OW, pad, pad, u);
-    for (int64_t blk = u.b0; blk < u.b1; ++blk) {
-      const T* gb = gt.data() + (blk - u.b0) * gsize;
-      T* xb = xt.data() + (blk - u.b0) * xsize;
-      for (int64_t a = 0; a < s; ++a) {
-        const int64_t nq = phase_count(P.H, a, s);
-        for (int64_t b = 0; b < s; ++b) {
-          const int64_t nu = phase_count(P.W, b, s), ph = a * s + b;
-          for (int64_t q = 0; q < nq; ++q)
-            conv_row(gb + q * cols * V, 1, off.data() + ph * kk, wp + blk * kk * V,
-                     woff.data() + ph * kk, ntaps[ph], xb + ((a + s * q) * P.W + b) * V, s * V, nu);
-        }
-      }
-    }
-    store_tiles(xt.data(), P.H, P.W, gx + u.n * Lx.sn, Lx, P.C, u);
   }
 }
 
@@ -437,29 +440,43 @@ OFA_INLINE void wgrad_row(const Problem& P, const InputTile& it, const T* xt, co
   }
 }
 
-// Gradient of the filter over units [begin, end), summed into this worker's private
-// accumulator acc [blocks][k * k][V] (the caller adds the workers' up).
+// Both gradients over units [begin, end): grad_out is staged once (padded, for the
+// input gradient's gather) and serves both. gx: the input gradient (when need_gx);
+// acc: this worker's private filter-gradient accumulator [blocks][k * k][V] (when
+// need_gw; the caller adds the workers' up).
 template <typename T>
-OFA_INLINE void bwd_weight(const Problem& P, const T* go, const Layout& Lg, const T* x,
-                           const Layout& Lx, T* acc, int64_t group, int64_t begin, int64_t end) {
+OFA_INLINE void bwd(const Problem& P, const T* go, const Layout& Lg, const T* x, const Layout& Lx,
+                    const T* wp, T* gx, T* acc, bool need_gx, bool need_gw, int64_t group,
+                    int64_t begin, int64_t end) {
   constexpr int V = kLanes<T>;
   const int64_t nb = channel_blocks<T>(P.C), kk = P.k * P.k;
+  const GradOutTile gtile(P, T(0));
   const InputTile it(P);
-  const int64_t xsize = it.rows * it.cols * V, gsize = P.OH * P.OW * V;
-  std::vector<T> xt(static_cast<size_t>(group * xsize)), gt(static_cast<size_t>(group * gsize));
+  const int64_t gsize = gtile.rows * gtile.cols * V, xsize = it.rows * it.cols * V;
+  const int64_t dsize = P.H * P.W * V;
+  std::vector<T> gt(static_cast<size_t>(group * gsize));
+  std::vector<T> xt(static_cast<size_t>(need_gw ? group * xsize : 0));
+  std::vector<T> dt(static_cast<size_t>(need_gx ? group * dsize : 0));
+  const int64_t g0 = (gtile.pad * gtile.cols + gtile.pad) * V, g_row = gtile.cols * V;
   for (int64_t index = begin; index < end; ++index) {
     const Unit u = unit_of(index, nb, group);
-    load_tiles(xt.data(), it.rows, it.cols, x + u.n * Lx.sn, Lx, P.C, P.H, P.W, P.p, P.p, u);
-    load_tiles(gt.data(), P.OH, P.OW, go + u.n * Lg.sn, Lg, P.C, P.OH, P.OW, 0, 0, u);
+    load_tiles(gt.data(), gtile.rows, gtile.cols, go + u.n * Lg.sn, Lg, P.C, P.OH, P.OW, gtile.pad,
+               gtile.pad, u);
+    if (need_gw)
+      load_tiles(xt.data(), it.rows, it.cols, x + u.n * Lx.sn, Lx, P.C, P.H, P.W, P.p, P.p, u);
     for (int64_t b = u.b0; b < u.b1; ++b) {
-      const T* xb = xt.data() + (b - u.b0) * xsize;
       const T* gb = gt.data() + (b - u.b0) * gsize;
-      T* a = acc + b * kk * V;
-      for (int64_t i = 0; i < P.k; ++i) {
-        if (P.d == 1) wgrad_row<T, true>(P, it, xb, gb, P.OW * V, V, i, a);
-        else wgrad_row<T, false>(P, it, xb, gb, P.OW * V, V, i, a);
+      if (need_gx) input_grad_block(P, gtile, gb, wp + b * kk * V, dt.data() + (b - u.b0) * dsize);
+      if (need_gw) {
+        const T* xb = xt.data() + (b - u.b0) * xsize;
+        T* a = acc + b * kk * V;
+        for (int64_t i = 0; i < P.k; ++i) {
+          if (P.d == 1) wgrad_row<T, true>(P, it, xb, gb + g0, g_row, V, i, a);
+          else wgrad_row<T, false>(P, it, xb, gb + g0, g_row, V, i, a);
+        }
       }
     }
+    if (need_gx) store_tiles(dt.data(), P.H, P.W, gx + u.n * Lx.sn, Lx, P.C, u);
   }
 }
 

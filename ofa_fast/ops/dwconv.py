@@ -89,14 +89,23 @@ def _fake_backward_weight(grad_output, x, weight, kernel_size, stride, dilation,
     return weight.new_empty(weight.shape)
 
 
+def _fake_backward(grad_output, x, weight, kernel_size, stride, dilation, padding, output_mask):
+    gx = _fake_backward_input(grad_output, x, weight, kernel_size, stride, dilation, padding) \
+        if output_mask[0] else x.new_empty((0,))
+    gw = weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty((0,))
+    return gx, gw
+
+
 if _ext.has_cpu_kernels():
     torch.library.register_fake("ofa_fast::dwconv2d")(_fake_forward)
     torch.library.register_fake("ofa_fast::dwconv2d_backward_input")(_fake_backward_input)
     torch.library.register_fake("ofa_fast::dwconv2d_backward_weight")(_fake_backward_weight)
+    torch.library.register_fake("ofa_fast::dwconv2d_backward")(_fake_backward)
     register_conv_autograd(
         "ofa_fast::dwconv2d",
         lambda *a: torch.ops.ofa_fast.dwconv2d_backward_input(*a),
         lambda *a: torch.ops.ofa_fast.dwconv2d_backward_weight(*a),
+        fused=lambda *a: torch.ops.ofa_fast.dwconv2d_backward(*a),
     )
 
 
