@@ -38,7 +38,7 @@ def cases():
 
 
 def build(device, dtype, C, H, k, impl):
-    """The callable's inputs: module or filter, input tensor in the impl's memory format."""
+    """The forward callable, its input (in the impl's memory format) and its parameters."""
     x = torch.randn(BATCH, C, H, H, device=device, dtype=dtype)
     if impl.endswith("_cl"):
         x = x.to(memory_format=torch.channels_last)
@@ -52,19 +52,19 @@ def build(device, dtype, C, H, k, impl):
         def fwd():
             with ofa_fast.use_backend(backend):
                 return m(x, k)
-        return fwd, x, m
+        return fwd, x, list(m.parameters())
     if impl == "ofa":
         if OfaConv is None:
             pytest.skip("the `ofa` package is not installed")
         m = OfaConv(C, [3, 5, 7]).to(device, dtype)
-        return (lambda: m(x, k)), x, m
+        return (lambda: m(x, k)), x, list(m.parameters())
     w = torch.randn(C, 1, k, k, device=device, dtype=dtype, requires_grad=True)
-    return (lambda: F.conv2d(x, w, None, 1, k // 2, 1, C)), x, w
+    return (lambda: F.conv2d(x, w, None, 1, k // 2, 1, C)), x, [w]
 
 
 @pytest.mark.parametrize("device,dtype,C,H,k,mode,impl", list(cases()))
 def test_dwconv(benchmark, device, dtype, C, H, k, mode, impl):
-    fwd, x, _ = build(device, dtype, C, H, k, impl)
+    fwd, x, params = build(device, dtype, C, H, k, impl)
     grad = torch.randn_like(fwd().detach())
 
     def run():
@@ -72,6 +72,10 @@ def test_dwconv(benchmark, device, dtype, C, H, k, mode, impl):
             with torch.no_grad():
                 fwd()
         else:
+            # fresh gradients each round, as in a training step (no accumulation)
+            x.grad = None
+            for p in params:
+                p.grad = None
             fwd().backward(grad)
         sync(device)
 

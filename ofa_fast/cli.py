@@ -99,16 +99,17 @@ def demo(batch, channels, size, kernel_sizes, repeat, file=None):
                 base.load_state_dict(ours.state_dict())
                 x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
 
+                def step(module, backend_name):
+                    x.grad = None  # fresh gradients, as in a training step
+                    module.zero_grad(set_to_none=True)
+                    with ofa_fast.use_backend(backend_name):
+                        module(x, k).sum().backward()
+
                 def run_ours():
-                    with ofa_fast.use_backend(name):
-                        ours(x, k).sum().backward()
+                    step(ours, name)
 
                 def run_base():
-                    if Baseline:
-                        base(x, k).sum().backward()
-                    else:
-                        with ofa_fast.use_backend("reference"):
-                            base(x, k).sum().backward()
+                    step(base, "reference")  # the `ofa` module ignores the backend
 
                 t_ours, t_base = [], []
                 for _ in range(repeat):  # interleaved: both see the same machine state

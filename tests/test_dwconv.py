@@ -141,9 +141,8 @@ def test_opcheck_compiled_ops(device):
         bargs = (go, x.detach(), w.detach()) + args[2:]
         torch.library.opcheck(torch.ops.ofa_fast.dwconv2d_backward_input.default, bargs)
         torch.library.opcheck(torch.ops.ofa_fast.dwconv2d_backward_weight.default, bargs)
-        if device == "cpu":
-            for mask in ([True, True], [True, False], [False, True]):
-                torch.library.opcheck(torch.ops.ofa_fast.dwconv2d_backward.default, bargs + (mask,))
+        for mask in ([True, True], [True, False], [False, True]):
+            torch.library.opcheck(torch.ops.ofa_fast.dwconv2d_backward.default, bargs + (mask,))
 
 
 def test_opcheck_triton_op_interpreted():

@@ -79,7 +79,8 @@ void register_dwconv_schemas(torch::Library& m) {
   // Gradient of the full max weight: zero outside the active crop of weight[:C].
   m.def("dwconv2d_backward_weight(Tensor grad_output, Tensor input, Tensor weight, "
         "int kernel_size, int stride, int dilation, int padding) -> Tensor");
-  // Both gradients in one pass over grad_output (CPU); a masked-off one comes back empty.
+  // Both gradients (on the CPU in one pass over grad_output); a masked-off one comes back
+  // as an empty tensor.
   m.def("dwconv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int kernel_size, "
         "int stride, int dilation, int padding, bool[2] output_mask) -> (Tensor, Tensor)");
 }

@@ -41,8 +41,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstdint>
+#include <tuple>
 #include <type_traits>
 
 #include "dwconv.h"
@@ -914,10 +916,27 @@ at::Tensor dwconv2d_backward_weight_cuda(const at::Tensor& grad_output, const at
   return gw;
 }
 
+// Both gradients (the fused op the CPU implements in one pass): here the two kernels.
+std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    int64_t kernel_size, int64_t stride, int64_t dilation, int64_t padding,
+    std::array<bool, 2> output_mask) {
+  at::Tensor gx = output_mask[0]
+                      ? dwconv2d_backward_input_cuda(grad_output, input, weight, kernel_size, stride,
+                                                     dilation, padding)
+                      : at::empty({0}, input.options());
+  at::Tensor gw = output_mask[1]
+                      ? dwconv2d_backward_weight_cuda(grad_output, input, weight, kernel_size,
+                                                      stride, dilation, padding)
+                      : at::empty({0}, weight.options());
+  return {gx, gw};
+}
+
 TORCH_LIBRARY_IMPL(ofa_fast, CUDA, m) {
   m.impl("dwconv2d", &dwconv2d_cuda);
   m.impl("dwconv2d_backward_input", &dwconv2d_backward_input_cuda);
   m.impl("dwconv2d_backward_weight", &dwconv2d_backward_weight_cuda);
+  m.impl("dwconv2d_backward", &dwconv2d_backward_cuda);
 }
 
 }  // namespace ofa_fast

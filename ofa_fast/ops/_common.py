@@ -25,7 +25,7 @@ def register_conv_autograd(name, backward_input, backward_weight, fused=None):
     """Autograd of a conv op `name(x, weight, k, s, d, p)` whose two gradients are the
     ops backward_input / backward_weight(grad_output, x, weight, k, s, d, p).
     fused(grad_output, x, weight, k, s, d, p, output_mask) -> (grad_x, grad_weight), if
-    given, computes both in one pass, for CPU tensors."""
+    given, computes both at once (in one pass over grad_output on the CPU)."""
 
     def setup_context(ctx, inputs, output):
         x, weight, k, s, d, p = inputs
@@ -35,7 +35,7 @@ def register_conv_autograd(name, backward_input, backward_weight, fused=None):
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
         gx = gw = None
-        if fused is not None and x.device.type == "cpu":
+        if fused is not None:
             mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
             gx, gw = fused(grad_output, x, weight, *ctx.conf, mask)
             return (gx if mask[0] else None), (gw if mask[1] else None), None, None, None, None
