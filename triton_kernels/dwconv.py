@@ -24,11 +24,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
-from torch._subclasses.functional_tensor import FunctionalTensor
 from torch.library import wrap_triton
 
-from ..backend import triton_interpret
+from ._common import np2 as _np2
+from ._common import tracing_under_interpreter as _tracing_under_interpreter
+
 from ..ops._common import conv_out_size, output_memory_format
 
 __all__ = ["dwconv2d_forward", "dwconv2d_backward_input", "dwconv2d_backward_weight"]
@@ -52,29 +52,6 @@ _WGRAD_NCHW_TILE = 4096
 _WGRAD_NHWC_MAX_BLOCK_C = 64
 _WGRAD_PROGRAMS = 528
 _WGRAD_MIN_ROWS = 16
-
-_INTERPRET = triton_interpret()
-
-
-def _tracing_under_interpreter(*tensors) -> bool:
-    """True for a fake-tensor run (opcheck's fake test, shape propagation) under
-    TRITON_INTERPRET=1: wrap_triton then hands back the raw interpreted kernel, which
-    would read the fake tensors' data, so the launch is skipped (a fake run only needs
-    the output's shape and format). Functional tracing (AOTDispatcher, torch.compile)
-    cannot record an interpreted kernel at all: that raises instead of tracing a graph
-    without it. On a GPU, wrap_triton traces every launch itself."""
-    if not _INTERPRET:
-        return False
-    if any(isinstance(t, FunctionalTensor) for t in tensors):
-        raise RuntimeError(
-            "ofa_fast: the Triton ops cannot be traced (torch.compile, AOTDispatcher) under "
-            "TRITON_INTERPRET=1, since wrap_triton does not capture interpreted kernels; "
-            "call them eagerly, or trace on a GPU")
-    return any(t.device.type == "meta" or is_fake(t) for t in tensors)
-
-
-def _np2(n: int) -> int:
-    return triton.next_power_of_2(max(1, n))
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:

@@ -23,6 +23,10 @@ struct KtGeometry {
 KtGeometry kernel_transform_geometry(const at::Tensor& weight, at::TensorList matrices,
                                      at::IntArrayRef ks_chain, int64_t channels, const char* op);
 
+// Checks the backward's incoming gradient: [C, 1, k, k] in the weight's dtype.
+void kernel_transform_check_grad(const at::Tensor& grad, const at::Tensor& weight,
+                                 const KtGeometry& g, const char* op);
+
 at::Tensor kernel_transform_cpu(const at::Tensor& weight, at::TensorList matrices,
                                 at::IntArrayRef ks_chain, int64_t channels);
 std::vector<at::Tensor> kernel_transform_backward_cpu(const at::Tensor& grad,

@@ -49,6 +49,18 @@ KtGeometry kernel_transform_geometry(const at::Tensor& weight, at::TensorList ma
   return g;
 }
 
+void kernel_transform_check_grad(const at::Tensor& grad, const at::Tensor& weight,
+                                 const KtGeometry& g, const char* op) {
+  const int64_t k = g.chain.back();
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == g.C && grad.size(1) == 1 && grad.size(2) == k &&
+                  grad.size(3) == k,
+              op, ": grad has shape ", grad.sizes(), "; expected [", g.C, ", 1, ", k, ", ", k, "]");
+  TORCH_CHECK(grad.scalar_type() == weight.scalar_type(), op, ": grad dtype ", grad.scalar_type(),
+              " differs from weight dtype ", weight.scalar_type());
+  TORCH_CHECK(grad.device() == weight.device(), op, ": grad is on ", grad.device(),
+              " but weight is on ", weight.device());
+}
+
 // Schemas: next to their kernels; TORCH_LIBRARY(ofa_fast) in csrc/ofa_fast.cpp calls this.
 void register_kernel_transform_schemas(torch::Library& m) {
   // The transformed filter [channels, 1, k, k] of the first `channels` channels.

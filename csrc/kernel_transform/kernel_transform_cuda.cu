@@ -238,12 +238,8 @@ std::vector<at::Tensor> kernel_transform_backward_cuda(const at::Tensor& grad,
                                                        int64_t channels) {
   const char* op = "ofa_fast.kernel_transform_backward";
   const KtGeometry g = kernel_transform_geometry(weight, matrices, ks_chain, channels, op);
-  const int64_t k = g.chain.back(), m = int64_t(g.chain.size()) - 1;
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == g.C && grad.size(1) == 1 && grad.size(2) == k &&
-                  grad.size(3) == k,
-              op, ": grad has shape ", grad.sizes(), "; expected [", g.C, ", 1, ", k, ", ", k, "]");
-  TORCH_CHECK(grad.scalar_type() == weight.scalar_type(), op, ": grad dtype ", grad.scalar_type(),
-              " differs from weight dtype ", weight.scalar_type());
+  const int64_t m = int64_t(g.chain.size()) - 1;
+  kernel_transform_check_grad(grad, weight, g, op);
   check_cuda(op, weight, "weight");
   check_cuda(op, grad, "grad");
   TORCH_CHECK(grad.device() == weight.device(), op, ": grad is on ", grad.device(),
