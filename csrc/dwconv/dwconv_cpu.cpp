@@ -33,18 +33,18 @@ using cpu::kLanes;
   }                                                                                            \
   OFA_CPU_MULTIVERSION void bwd_##SUFFIX(const dw::Problem& P, const T* go,                    \
                                          const dw::Layout& Lg, const T* x, const dw::Layout& Lx, \
-                                         const T* wp, T* gx, T* acc, bool ngx, bool ngw,         \
-                                         int64_t grp, int64_t b, int64_t e) {                    \
-    dw::bwd<T>(P, go, Lg, x, Lx, wp, gx, acc, ngx, ngw, grp, b, e);                              \
+                                         const T* wp, const T* wpf, T* gx, T* acc, bool ngx,     \
+                                         bool ngw, int64_t grp, int64_t b, int64_t e) {          \
+    dw::bwd<T>(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);                         \
   }                                                                                            \
   void fwd(const dw::Problem& P, const T* x, const dw::Layout& Lx, const T* wp, T* y,          \
            const dw::Layout& Ly, int64_t grp, int64_t b, int64_t e) {                          \
     fwd_##SUFFIX(P, x, Lx, wp, y, Ly, grp, b, e);                                              \
   }                                                                                            \
   void bwd(const dw::Problem& P, const T* go, const dw::Layout& Lg, const T* x,                \
-           const dw::Layout& Lx, const T* wp, T* gx, T* acc, bool ngx, bool ngw, int64_t grp,  \
-           int64_t b, int64_t e) {                                                             \
-    bwd_##SUFFIX(P, go, Lg, x, Lx, wp, gx, acc, ngx, ngw, grp, b, e);                          \
+           const dw::Layout& Lx, const T* wp, const T* wpf, T* gx, T* acc, bool ngx, bool ngw, \
+           int64_t grp, int64_t b, int64_t e) {                                                \
+    bwd_##SUFFIX(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);                     \
   }
 
 OFA_DW_ENTRY_POINTS(float, f32)
@@ -70,15 +70,18 @@ dw::Filter<T> active_filter(const at::Tensor& weight, const DwGeometry& g) {
 
 // The active filter as the kernels load it: [channel block][k * k][lanes], zero past C.
 // C * k * k values, read once through the weight's strides.
+// flipped: taps reversed in both dims (the gradient of the input correlates with it).
 template <typename T>
-std::vector<T> pack_filter(const at::Tensor& weight, const DwGeometry& g) {
+std::vector<T> pack_filter(const at::Tensor& weight, const DwGeometry& g, bool flipped = false) {
   constexpr int V = kLanes<T>;
   const dw::Filter<T> f = active_filter<T>(weight, g);
-  const int64_t nb = dw::channel_blocks<T>(g.C), kk = g.k * g.k;
+  const int64_t nb = dw::channel_blocks<T>(g.C), kk = g.k * g.k, last = g.k - 1;
   std::vector<T> wp(static_cast<size_t>(nb * kk * V), T(0));
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t i = 0; i < g.k; ++i)
-      for (int64_t j = 0; j < g.k; ++j) wp[((c / V) * kk + i * g.k + j) * V + c % V] = f.at(c, i, j);
+      for (int64_t j = 0; j < g.k; ++j)
+        wp[((c / V) * kk + i * g.k + j) * V + c % V] =
+            flipped ? f.at(c, last - i, last - j) : f.at(c, i, j);
   return wp;
 }
 
@@ -161,6 +164,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ofa_fast_dwconv2d_backward_cpu", [&] {
     constexpr int V = kLanes<scalar_t>;
     const std::vector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
+    const std::vector<scalar_t> wpf = pack_filter<scalar_t>(weight, g, /*flipped=*/true);
     const dw::Layout Lg = layout_of(g.C, g.OH, g.OW, g.channels_last);
     const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
     const int64_t nb = dw::channel_blocks<scalar_t>(g.C), kk = g.k * g.k, per = nb * kk * V;
@@ -177,8 +181,8 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
     at::parallel_for(0, u.count, grain(macs), [&](int64_t b, int64_t e) {
       const int t = at::get_thread_num();
       used[t] = 1;
-      bwd(P, gop, Lg, xp, Lx, wp.data(), gxp, need_gw ? acc.data() + t * per : nullptr, need_gx,
-          need_gw, u.group, b, e);
+      bwd(P, gop, Lg, xp, Lx, wp.data(), wpf.data(), gxp, need_gw ? acc.data() + t * per : nullptr,
+          need_gx, need_gw, u.group, b, e);
     });
     if (need_gw) {
       scalar_t* base = gw.mutable_data_ptr<scalar_t>() + g.crop * gw.stride(2) + g.crop * gw.stride(3);

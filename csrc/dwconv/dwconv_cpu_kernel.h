@@ -293,6 +293,59 @@ OFA_INLINE void conv_row(const T* in, int64_t stride, const int64_t* off, const 
   else conv_row_s<T, 0>(in, stride, off, wp, woff, ntaps, out, out_px, n);
 }
 
+// OFA's cases (k = 3, 5, 7; stride 1 or 2; dilation 1) with every tap a compile-time
+// offset: R outputs of one row at `in` (the tile at their first input pixel),
+// `rs` elements per tile row. One base register per filter row, constant
+// displacements for the taps and the weights.
+template <typename T, int K, int S, int R>
+OFA_INLINE void conv_block_k(const T* in, int64_t rs, const T* wp, T* out) {
+  constexpr int V = kLanes<T>;
+  Vec<T, V> acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = Vec<T, V>::zero();
+  for (int i = 0; i < K; ++i) {
+    const T* row = in + i * rs;
+    const T* wrow = wp + i * K * V;
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j) {
+      const Vec<T, V> w = Vec<T, V>::load(wrow + j * V);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r].fma(Vec<T, V>::load(row + (r * S + j) * V), w);
+    }
+  }
+  for (int r = 0; r < R; ++r) acc[r].store(out + r * V);
+}
+
+// A dense rows x n output tile from a zero-padded input tile of `cols` pixels per row.
+template <typename T, int K, int S>
+OFA_INLINE void conv_plane_k(const T* in, int64_t cols, const T* wp, T* out, int64_t rows,
+                             int64_t n) {
+  constexpr int V = kLanes<T>;
+  const int64_t rs = cols * V;
+  for (int64_t o = 0; o < rows; ++o) {
+    const T* base = in + o * S * rs;
+    T* dst = out + o * n * V;
+    int64_t u = 0;
+    for (; u + 8 <= n; u += 8) conv_block_k<T, K, S, 8>(base + u * S * V, rs, wp, dst + u * V);
+    for (; u + 4 <= n; u += 4) conv_block_k<T, K, S, 4>(base + u * S * V, rs, wp, dst + u * V);
+    for (; u < n; ++u) conv_block_k<T, K, S, 1>(base + u * S * V, rs, wp, dst + u * V);
+  }
+}
+
+// conv_plane_k for run-time k in {3, 5, 7}, s in {1, 2}; false: not one of those.
+template <typename T>
+OFA_INLINE bool conv_plane_fixed(int64_t k, int64_t s, const T* in, int64_t cols, const T* wp,
+                                 T* out, int64_t rows, int64_t n) {
+#define OFA_DW_CASE(KS, SS)                                                                        \
+  if (k == KS && s == SS) {                                                                         \
+    conv_plane_k<T, KS, SS>(in, cols, wp, out, rows, n);                                           \
+    return true;                                                                                    \
+  }
+  OFA_DW_CASE(3, 1) OFA_DW_CASE(5, 1) OFA_DW_CASE(7, 1)
+  OFA_DW_CASE(3, 2) OFA_DW_CASE(5, 2) OFA_DW_CASE(7, 2)
+#undef OFA_DW_CASE
+  return false;
+}
+
 // Geometry of the zero-padded input tile the forward and the filter gradient read:
 // output (oh, ow) tap (i, j) reads tile[oh * s + i * d][ow * s + j * d].
 struct InputTile {
@@ -323,6 +376,8 @@ OFA_INLINE void fwd(const Problem& P, const T* x, const Layout& Lx, const T* wp,
     for (int64_t b = u.b0; b < u.b1; ++b) {
       const T* xb = xt.data() + (b - u.b0) * xsize;
       T* yb = yt.data() + (b - u.b0) * ysize;
+      if (P.d == 1 && conv_plane_fixed(P.k, P.s, xb, it.cols, wp + b * kk * V, yb, P.OH, P.OW))
+        continue;
       for (int64_t oh = 0; oh < P.OH; ++oh)
         conv_row(xb + oh * P.s * it.cols * V, P.s, off, wp + b * kk * V, woff, int(kk),
                  yb + oh * P.OW * V, V, P.OW);
@@ -380,12 +435,16 @@ struct GradOutTile {
 };
 
 // Gradient of the input of one channel block: gb its grad_out tile, wpb its packed
-// filter, xb the dense H x W output tile.
+// filter (wpb_flipped: the same with taps reversed), xb the dense H x W output tile.
 template <typename T>
 OFA_INLINE void input_grad_block(const Problem& P, const GradOutTile& gt, const T* gb,
-                                 const T* wpb, T* xb) {
+                                 const T* wpb, const T* wpb_flipped, T* xb) {
   constexpr int V = kLanes<T>;
   const int64_t s = P.s, kk = P.k * P.k;
+  // stride 1, dilation 1: the correlation of the padded grad_out with the flipped filter
+  if (s == 1 && P.d == 1 && gt.pad == P.k - 1 - P.p &&
+      conv_plane_fixed(P.k, int64_t(1), gb, gt.cols, wpb_flipped, xb, P.H, P.W))
+    return;
   for (int64_t a = 0; a < s; ++a) {
     const int64_t nq = phase_count(P.H, a, s);
     for (int64_t b = 0; b < s; ++b) {
@@ -441,13 +500,14 @@ OFA_INLINE void wgrad_row(const Problem& P, const InputTile& it, const T* xt, co
 }
 
 // Both gradients over units [begin, end): grad_out is staged once (padded, for the
-// input gradient's gather) and serves both. gx: the input gradient (when need_gx);
+// input gradient's gather) and serves both. wp / wp_flipped: the packed filter, and
+// the same with taps reversed. gx: the input gradient (when need_gx);
 // acc: this worker's private filter-gradient accumulator [blocks][k * k][V] (when
 // need_gw; the caller adds the workers' up).
 template <typename T>
 OFA_INLINE void bwd(const Problem& P, const T* go, const Layout& Lg, const T* x, const Layout& Lx,
-                    const T* wp, T* gx, T* acc, bool need_gx, bool need_gw, int64_t group,
-                    int64_t begin, int64_t end) {
+                    const T* wp, const T* wp_flipped, T* gx, T* acc, bool need_gx, bool need_gw,
+                    int64_t group, int64_t begin, int64_t end) {
   constexpr int V = kLanes<T>;
   const int64_t nb = channel_blocks<T>(P.C), kk = P.k * P.k;
   const GradOutTile gtile(P, T(0));
@@ -466,7 +526,9 @@ OFA_INLINE void bwd(const Problem& P, const T* go, const Layout& Lg, const T* x,
       load_tiles(xt.data(), it.rows, it.cols, x + u.n * Lx.sn, Lx, P.C, P.H, P.W, P.p, P.p, u);
     for (int64_t b = u.b0; b < u.b1; ++b) {
       const T* gb = gt.data() + (b - u.b0) * gsize;
-      if (need_gx) input_grad_block(P, gtile, gb, wp + b * kk * V, dt.data() + (b - u.b0) * dsize);
+      if (need_gx)
+        input_grad_block(P, gtile, gb, wp + b * kk * V, wp_flipped + b * kk * V,
+                         dt.data() + (b - u.b0) * dsize);
       if (need_gw) {
         const T* xb = xt.data() + (b - u.b0) * xsize;
         T* a = acc + b * kk * V;
