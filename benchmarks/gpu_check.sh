@@ -5,8 +5,9 @@
 #   3. runs the GPU benchmarks (pytest-benchmark);
 #   4. prints the GPU report table last.
 # Needs a CUDA build of torch, triton, pytest, pytest-benchmark. The baseline `ofa` package
-# (pure Python) is installed from .whl/*.whl when carried there. Logs go to $OUT (or
-# /tmp/ofa_fast_gpu_check).
+# (pure Python) is installed from .whl/*.whl when carried there, e.g. prepared with
+#   pip download ofa==0.1.0.post202307202001 --no-deps -d .whl
+# Logs go to $OUT (or /tmp/ofa_fast_gpu_check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/ofa_fast_gpu_check}"
@@ -32,7 +33,11 @@ fi
 python3 -m ofa_fast info
 
 step "CUDA and Triton tests"
-python3 -m pytest -q -x -p no:cacheprovider tests/test_dwconv.py tests/test_kernel_transform.py \
+# Triton compiles a kernel per (kernel size, stride, dilation, dtype, layout): spread them
+# over the CPU cores when pytest-xdist is there
+xdist=""
+python3 -c "import xdist" 2>/dev/null && xdist="-n 8"
+python3 -m pytest -q -p no:cacheprovider $xdist tests/test_dwconv.py tests/test_kernel_transform.py \
   -k "gpu or cuda or opcheck or compile" 2>&1 | tee "$OUT/tests.log" | tail -25
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
