@@ -351,7 +351,8 @@ OFA_INLINE bool conv_plane_fixed(int64_t k, int64_t s, const T* in, int64_t cols
 struct InputTile {
   int64_t rows, cols;
   explicit InputTile(const Problem& P)
-      : rows((P.OH - 1) * P.s + (P.k - 1) * P.d + 1), cols((P.OW - 1) * P.s + (P.k - 1) * P.d + 1) {}
+      : rows(ofa_fast::dwconv::input_extent(P.OH, P.k, P.s, P.d)),
+        cols(ofa_fast::dwconv::input_extent(P.OW, P.k, P.s, P.d)) {}
 };
 
 // Forward over units [begin, end) (see unit_of; `group` blocks per unit).
@@ -442,7 +443,7 @@ OFA_INLINE void input_grad_block(const Problem& P, const GradOutTile& gt, const 
   constexpr int V = kLanes<T>;
   const int64_t s = P.s, kk = P.k * P.k;
   // stride 1, dilation 1: the correlation of the padded grad_out with the flipped filter
-  if (s == 1 && P.d == 1 && gt.pad == P.k - 1 - P.p &&
+  if (s == 1 && P.d == 1 && gt.pad == ofa_fast::dwconv::flipped_padding(P.k, P.d, P.p) &&
       conv_plane_fixed(P.k, int64_t(1), gb, gt.cols, wpb_flipped, xb, P.H, P.W))
     return;
   for (int64_t a = 0; a < s; ++a) {

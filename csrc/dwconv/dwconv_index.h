@@ -36,33 +36,9 @@ OFA_HD int64_t tap_input(int64_t o, int64_t t, int64_t s, int64_t d, int64_t p) 
   return o * s + tap_offset(t, d, p);
 }
 
-// Outputs whose tap t reads inside the input: o in [*lo, *hi), possibly empty
-// (then *lo == *hi); always 0 <= *lo <= *hi <= out_size. in_size: input extent, out_size: output extent.
-OFA_HD void tap_output_range(int64_t t, int64_t in_size, int64_t out_size, int64_t s,
-                             int64_t d, int64_t p, int64_t* lo, int64_t* hi) {
-  const int64_t off = tap_offset(t, d, p);  // input = o * s + off
-  int64_t l = off >= 0 ? 0 : ceil_div(-off, s);
-  int64_t h = floor_div(in_size - 1 - off, s) + 1;
-  if (l < 0) l = 0;
-  if (l > out_size) l = out_size;
-  if (h > out_size) h = out_size;
-  if (h < l) h = l;
-  *lo = l;
-  *hi = h;
-}
-
-// Outputs all of whose k taps read inside the input: [*lo, *hi), possibly empty.
-// Taps are monotone in t, so the first and the last tap bound the range.
-OFA_HD void interior_output_range(int64_t k, int64_t in_size, int64_t out_size, int64_t s,
-                                  int64_t d, int64_t p, int64_t* lo, int64_t* hi) {
-  int64_t lo0, hi0, lo1, hi1;
-  tap_output_range(0, in_size, out_size, s, d, p, &lo0, &hi0);
-  tap_output_range(k - 1, in_size, out_size, s, d, p, &lo1, &hi1);
-  int64_t l = lo0 > lo1 ? lo0 : lo1;
-  int64_t h = hi0 < hi1 ? hi0 : hi1;
-  if (h < l) h = l;
-  *lo = l;
-  *hi = h;
+// Input coordinates (padding included) that out_size outputs read: [0, this).
+OFA_HD int64_t input_extent(int64_t out_size, int64_t k, int64_t s, int64_t d) {
+  return (out_size - 1) * s + (k - 1) * d + 1;
 }
 
 // Backward to the input: the output coordinate whose tap t reads input coordinate i,
