@@ -352,6 +352,18 @@ __device__ __forceinline__ void stage_taps_nhwc(FilterView<T> f, int64_t c0, int
   }
 }
 
+// SPAN consecutive pixels of one channels_last input row, starting at column iw0, as
+// accumulator values (zero outside [0, W)); xr points at the row's channel.
+template <typename T, typename acc_t, int SPAN>
+__device__ __forceinline__ void load_row_span(const T* xr, int64_t iw0, int64_t W, int64_t C,
+                                              acc_t* v) {
+#pragma unroll
+  for (int u = 0; u < SPAN; ++u) {
+    const int64_t iw = iw0 + u;
+    v[u] = (iw >= 0 && iw < W) ? acc_t(xr[iw * C]) : acc_t(0);
+  }
+}
+
 template <typename T, int KS, int S>
 __global__ void __launch_bounds__(kBlock)
     fwd_nhwc_kernel(const T* __restrict__ in, FilterView<T> f, T* __restrict__ out, ConvDims P,
@@ -380,13 +392,8 @@ __global__ void __launch_bounds__(kBlock)
     for (int i = 0; i < KS; ++i) {
       const int64_t ih = tap_input(oh, i, S, 1, P.p);
       if (ih < 0 || ih >= P.H) continue;
-      const T* xr = in + (n * P.H + ih) * P.W * P.C + c;
       acc_t v[SPAN];
-#pragma unroll
-      for (int u = 0; u < SPAN; ++u) {
-        const int64_t iw = iw0 + u;
-        v[u] = (iw >= 0 && iw < P.W) ? acc_t(xr[iw * P.C]) : acc_t(0);
-      }
+      load_row_span<T, acc_t, SPAN>(in + (n * P.H + ih) * P.W * P.C + c, iw0, P.W, P.C, v);
 #pragma unroll
       for (int u = 0; u < kPix; ++u)
 #pragma unroll
@@ -472,13 +479,8 @@ __global__ void __launch_bounds__(kBlock)
       for (int i = 0; i < KS; ++i) {
         const int64_t ih = tap_input(oh, i, S, 1, P.p);
         if (ih < 0 || ih >= P.H) continue;
-        const T* xr = x + (n * P.H + ih) * P.W * P.C + c;
         acc_t v[SPAN];
-#pragma unroll
-        for (int u = 0; u < SPAN; ++u) {
-          const int64_t iw = iw0 + u;
-          v[u] = (iw >= 0 && iw < P.W) ? acc_t(xr[iw * P.C]) : acc_t(0);
-        }
+        load_row_span<T, acc_t, SPAN>(x + (n * P.H + ih) * P.W * P.C + c, iw0, P.W, P.C, v);
 #pragma unroll
         for (int u = 0; u < kPix; ++u)
           if (ok[u]) {
