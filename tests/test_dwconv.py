@@ -54,6 +54,14 @@ def test_triton_interpreted_matches_reference(backend, dtype, case):
     check_against_reference(backend, dtype, "cpu", case)
 
 
+# half-precision storage with float32 accumulation (the interpreter has no bf16 arithmetic)
+@pytest.mark.parametrize("case", SMALL_CASES[::6], ids=str)
+def test_triton_interpreted_float16(case):
+    if ofa_fast.backend._why_unusable("triton", "cpu"):
+        pytest.skip(ofa_fast.backend._why_unusable("triton", "cpu"))
+    check_against_reference("triton", torch.float16, "cpu", case)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", CPU_CASES, ids=str)
 @pytest.mark.parametrize("backend,dtype", backend_params("cuda"))
