@@ -34,8 +34,9 @@ DwGeometry dwconv_geometry(const at::Tensor& input, const at::Tensor& weight, in
 // suggests for a non-contiguous input).
 bool dwconv_use_channels_last(const at::Tensor& input);
 
-// Checks grad_output against the geometry of the forward.
-void dwconv_check_grad_output(const at::Tensor& grad_output, const DwGeometry& g, const char* op);
+// Checks grad_output against the forward's input (device, dtype) and geometry (shape).
+void dwconv_check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
+                              const DwGeometry& g, const char* op);
 
 at::Tensor dwconv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64_t kernel_size,
                         int64_t stride, int64_t dilation, int64_t padding);

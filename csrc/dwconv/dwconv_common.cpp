@@ -61,7 +61,13 @@ DwGeometry dwconv_geometry(const at::Tensor& input, const at::Tensor& weight, in
   return g;
 }
 
-void dwconv_check_grad_output(const at::Tensor& grad_output, const DwGeometry& g, const char* op) {
+void dwconv_check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
+                              const DwGeometry& g, const char* op) {
+  TORCH_CHECK(grad_output.device() == input.device(), op, ": grad_output is on ",
+              grad_output.device(), " but input is on ", input.device(),
+              "; both must be on the same device");
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype ",
+              grad_output.scalar_type(), " differs from input dtype ", input.scalar_type());
   TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.N && grad_output.size(1) == g.C &&
                   grad_output.size(2) == g.OH && grad_output.size(3) == g.OW,
               op, ": grad_output has shape ", grad_output.sizes(), "; expected [", g.N, ", ", g.C,

@@ -147,10 +147,8 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
     std::array<bool, 2> output_mask) {
   const char* op = "ofa_fast.dwconv2d_backward";
   const DwGeometry g = dwconv_geometry(input, weight, kernel_size, stride, dilation, padding, op);
-  dwconv_check_grad_output(grad_output, g, op);
+  dwconv_check_grad_output(grad_output, input, g, op);
   check_cpu_dtype(input, op);
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype ",
-              grad_output.scalar_type(), " differs from input dtype ", input.scalar_type());
   const bool need_gx = output_mask[0], need_gw = output_mask[1];
   // masked-off gradients come back as empty tensors
   at::Tensor gx = need_gx ? at::empty({g.N, g.C, g.H, g.W}, input.options().memory_format(format_of(g)))

@@ -709,17 +709,9 @@ FilterView<T> filter_of(const at::Tensor& weight, const DwGeometry& g) {
       weight.stride(0), weight.stride(2), weight.stride(3)};
 }
 
-void check_cuda(const char* op, const at::Tensor& input, const at::Tensor& weight,
-                const at::Tensor* grad_output) {
+void check_cuda(const char* op, const at::Tensor& input, const at::Tensor& weight) {
   TORCH_CHECK(input.is_cuda(), op, ": input is on ", input.device(), "; this kernel takes CUDA tensors");
   TORCH_CHECK(weight.is_cuda(), op, ": weight is on ", weight.device(), "; this kernel takes CUDA tensors");
-  if (grad_output != nullptr) {
-    TORCH_CHECK(grad_output->device() == input.device(), op, ": grad_output is on ",
-                grad_output->device(), " but input is on ", input.device(),
-                "; both must be on the same device");
-    TORCH_CHECK(grad_output->scalar_type() == input.scalar_type(), op, ": grad_output dtype ",
-                grad_output->scalar_type(), " differs from input dtype ", input.scalar_type());
-  }
 }
 
 // out = the correlation P of in (forward, or flipped stride-1 gradient of the input).
@@ -868,7 +860,7 @@ at::Tensor dwconv2d_cuda(const at::Tensor& input, const at::Tensor& weight, int6
                          int64_t stride, int64_t dilation, int64_t padding) {
   const char* op = "ofa_fast.dwconv2d";
   const DwGeometry g = dwconv_geometry(input, weight, kernel_size, stride, dilation, padding, op);
-  check_cuda(op, input, weight, nullptr);
+  check_cuda(op, input, weight);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous(format_of(g));
   at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, input.options().memory_format(format_of(g)));
@@ -885,8 +877,8 @@ at::Tensor dwconv2d_backward_input_cuda(const at::Tensor& grad_output, const at:
                                         int64_t stride, int64_t dilation, int64_t padding) {
   const char* op = "ofa_fast.dwconv2d_backward_input";
   const DwGeometry g = dwconv_geometry(input, weight, kernel_size, stride, dilation, padding, op);
-  dwconv_check_grad_output(grad_output, g, op);
-  check_cuda(op, input, weight, &grad_output);
+  dwconv_check_grad_output(grad_output, input, g, op);
+  check_cuda(op, input, weight);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor gx = at::empty({g.N, g.C, g.H, g.W}, input.options().memory_format(format_of(g)));
   if (gx.numel() == 0) return gx;
@@ -903,8 +895,8 @@ at::Tensor dwconv2d_backward_weight_cuda(const at::Tensor& grad_output, const at
                                          int64_t stride, int64_t dilation, int64_t padding) {
   const char* op = "ofa_fast.dwconv2d_backward_weight";
   const DwGeometry g = dwconv_geometry(input, weight, kernel_size, stride, dilation, padding, op);
-  dwconv_check_grad_output(grad_output, g, op);
-  check_cuda(op, input, weight, &grad_output);
+  dwconv_check_grad_output(grad_output, input, g, op);
+  check_cuda(op, input, weight);
   const c10::cuda::CUDAGuard guard(input.device());
   // Full-size gradient of the max weight: zero outside the active crop of weight[:C].
   at::Tensor gw = at::zeros(weight.sizes(), weight.options());
