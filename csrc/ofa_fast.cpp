@@ -4,6 +4,7 @@
 // Ops (namespace ofa_fast), all with CPU and, when built with CUDA, CUDA kernels:
 //   dwconv2d, dwconv2d_backward_input, dwconv2d_backward_weight   csrc/dwconv/
 //   kernel_transform, kernel_transform_backward                   csrc/kernel_transform/
+//   sliced_linear(_backward), pointwise_conv2d(_backward)          csrc/sliced/
 #include <torch/library.h>
 
 #ifdef OFA_FAST_PYTHON_MODULE
@@ -13,11 +14,13 @@
 namespace ofa_fast {
 void register_dwconv_schemas(torch::Library& m);
 void register_kernel_transform_schemas(torch::Library& m);
+void register_sliced_schemas(torch::Library& m);
 }  // namespace ofa_fast
 
 TORCH_LIBRARY(ofa_fast, m) {
   ofa_fast::register_dwconv_schemas(m);
   ofa_fast::register_kernel_transform_schemas(m);
+  ofa_fast::register_sliced_schemas(m);
 }
 
 #ifdef OFA_FAST_PYTHON_MODULE  // setup.py's build; the CMake build is a plain op library

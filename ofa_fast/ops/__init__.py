@@ -9,6 +9,7 @@ from . import kernel_transform as _kernel_transform_mod
 from .dwconv import check_dwconv_args, dwconv2d, dwconv2d_reference
 from .elastic_dwconv import elastic_dwconv2d, transform_chain
 from .kernel_transform import kernel_transform, kernel_transform_reference
+from .linear import pointwise_conv2d, sliced_linear
 
 if _backend._why_unusable("triton", None) is None:
     _dwconv_mod._register_triton()
@@ -21,5 +22,7 @@ __all__ = [
     "elastic_dwconv2d",
     "kernel_transform",
     "kernel_transform_reference",
+    "pointwise_conv2d",
+    "sliced_linear",
     "transform_chain",
 ]

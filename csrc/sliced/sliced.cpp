@@ -1,0 +1,241 @@
+// Channel-sliced linear and pointwise conv (see sliced.h): argument checks, schemas and
+// the kernels, which are GEMMs on strided views (ATen's, so CPU and CUDA share them).
+#include "sliced/sliced.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+namespace ofa_fast {
+namespace {
+
+// weight[:out, :in] of a [out_max, in_max] matrix (or the [.., .., 1, 1] conv weight):
+// a view, strides untouched.
+at::Tensor active_block(const at::Tensor& weight, int64_t out, int64_t in) {
+  at::Tensor w = weight.dim() == 4 ? weight.select(3, 0).select(2, 0) : weight;
+  return w.narrow(0, 0, out).narrow(1, 0, in);
+}
+
+void check_common(const at::Tensor& input, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, int64_t in, int64_t out,
+                  const char* op) {
+  TORCH_CHECK(input.device() == weight.device(), op, ": input is on ", input.device(),
+              " but weight is on ", weight.device(), "; both must be on the same device");
+  TORCH_CHECK(input.scalar_type() == weight.scalar_type(), op, ": input dtype ",
+              input.scalar_type(), " differs from weight dtype ", weight.scalar_type());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": dtype ", input.scalar_type(),
+              " is not allowed; use a floating-point dtype");
+  const int64_t out_max = weight.size(0), in_max = weight.size(1);
+  TORCH_CHECK(in >= 1 && in <= in_max, op, ": input has ", in, " features/channels; it must have "
+              "between 1 and ", in_max, " (the weight's max)");
+  TORCH_CHECK(out >= 1 && out <= out_max, op, ": out = ", out, " is not allowed; it must be "
+              "between 1 and ", out_max, " (the weight's max)");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_max, op, ": bias has shape ",
+                bias->sizes(), "; expected [", out_max, "]");
+    TORCH_CHECK(bias->device() == weight.device() && bias->scalar_type() == weight.scalar_type(),
+                op, ": bias (", bias->scalar_type(), " on ", bias->device(),
+                ") must match the weight (", weight.scalar_type(), " on ", weight.device(), ")");
+  }
+}
+
+void check_linear(const at::Tensor& input, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, int64_t out, const char* op) {
+  TORCH_CHECK(input.dim() == 2, op, ": input must be 2-D [M, in], got shape ", input.sizes());
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [out_max, in_max], got shape ",
+              weight.sizes());
+  check_common(input, weight, bias, input.size(1), out, op);
+}
+
+void check_pointwise(const at::Tensor& input, const at::Tensor& weight,
+                     const std::optional<at::Tensor>& bias, int64_t out, const char* op) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C, H, W], got shape ", input.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1, op,
+              ": weight must be [out_max, in_max, 1, 1] (a 1x1 conv weight), got shape ",
+              weight.sizes());
+  check_common(input, weight, bias, input.size(1), out, op);
+}
+
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
+                       at::IntArrayRef expected, const char* op) {
+  TORCH_CHECK(grad_output.sizes() == expected, op, ": grad_output has shape ",
+              grad_output.sizes(), "; expected ", expected);
+  TORCH_CHECK(grad_output.device() == input.device() &&
+                  grad_output.scalar_type() == input.scalar_type(),
+              op, ": grad_output (", grad_output.scalar_type(), " on ", grad_output.device(),
+              ") must match the input (", input.scalar_type(), " on ", input.device(), ")");
+}
+
+// The max-shaped gradient, zero outside [:out, :in]; `block` is its active view, which
+// the GEMMs write through its strides.
+std::pair<at::Tensor, at::Tensor> full_weight_grad(const at::Tensor& weight, int64_t out,
+                                                   int64_t in) {
+  at::Tensor gw = at::zeros(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  return {gw, active_block(gw, out, in)};
+}
+
+at::Tensor full_bias_grad(const at::Tensor& weight, const at::Tensor& rows_or_reduced) {
+  at::Tensor gb = at::zeros({weight.size(0)}, weight.options());
+  gb.narrow(0, 0, rows_or_reduced.size(0)).copy_(rows_or_reduced);
+  return gb;
+}
+
+// ---- pointwise conv layouts --------------------------------------------------------
+// channels_last (or 1x1 images): pixels are the rows of one [N*H*W, C] matrix, so the
+// conv is one GEMM. NCHW: image n is a [C, H*W] matrix, one GEMM per image.
+
+at::MemoryFormat format_of(const at::Tensor& x) {
+  if (x.is_contiguous()) return at::MemoryFormat::Contiguous;
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
+  return x.suggest_memory_format();
+}
+
+bool rows_layout(const at::Tensor& x, at::MemoryFormat fmt) {
+  return fmt == at::MemoryFormat::ChannelsLast || x.size(2) * x.size(3) == 1;
+}
+
+// [N, C, H, W] in rows layout -> its [N*H*W, C] matrix (a view)
+at::Tensor rows_of(const at::Tensor& t) {
+  return t.permute({0, 2, 3, 1}).view({t.size(0) * t.size(2) * t.size(3), t.size(1)});
+}
+
+// image n of an NCHW-contiguous [N, C, H, W] -> its [C, H*W] matrix (a view)
+at::Tensor image_of(const at::Tensor& t, int64_t n) {
+  return t.select(0, n).view({t.size(1), t.size(2) * t.size(3)});
+}
+
+}  // namespace
+
+at::Tensor sliced_linear(const at::Tensor& input, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, int64_t out_features) {
+  check_linear(input, weight, bias, out_features, "ofa_fast.sliced_linear");
+  const at::Tensor w = active_block(weight, out_features, input.size(1));
+  if (bias.has_value()) return at::addmm(bias->narrow(0, 0, out_features), input, w.t());
+  return at::mm(input, w.t());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sliced_linear_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    std::array<bool, 3> output_mask) {
+  const char* op = "ofa_fast.sliced_linear_backward";
+  TORCH_CHECK(grad_output.dim() == 2, op, ": grad_output must be 2-D, got shape ",
+              grad_output.sizes());
+  const int64_t out = grad_output.size(1), in = input.size(1);
+  check_linear(input, weight, std::nullopt, out, op);
+  check_grad_output(grad_output, input, {input.size(0), out}, op);
+  const at::Tensor w = active_block(weight, out, in);
+  at::Tensor gx, gw, gb;
+  if (output_mask[0]) gx = at::mm(grad_output, w);
+  else gx = input.new_empty({0});
+  if (output_mask[1]) {
+    at::Tensor block;
+    std::tie(gw, block) = full_weight_grad(weight, out, in);
+    at::mm_out(block, grad_output.t(), input);
+  } else {
+    gw = weight.new_empty({0});
+  }
+  gb = output_mask[2] ? full_bias_grad(weight, grad_output.sum(0)) : weight.new_empty({0});
+  return {gx, gw, gb};
+}
+
+at::Tensor pointwise_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t out_channels) {
+  check_pointwise(input, weight, bias, out_channels, "ofa_fast.pointwise_conv2d");
+  const at::MemoryFormat fmt = format_of(input);
+  const at::Tensor x = input.contiguous(fmt);  // no-op unless the input is an odd view
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const at::Tensor w = active_block(weight, out_channels, C);
+  at::Tensor y = at::empty({N, out_channels, H, W}, x.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+  if (rows_layout(x, fmt)) {
+    at::Tensor y2 = rows_of(y);
+    if (bias.has_value()) at::addmm_out(y2, bias->narrow(0, 0, out_channels), rows_of(x), w.t());
+    else at::mm_out(y2, rows_of(x), w.t());
+    return y;
+  }
+  const at::Tensor b = bias.has_value()
+      ? bias->narrow(0, 0, out_channels).unsqueeze(1).expand({out_channels, H * W})
+      : at::Tensor();
+  for (int64_t n = 0; n < N; ++n) {
+    at::Tensor yn = image_of(y, n);
+    if (b.defined()) at::addmm_out(yn, b, w, image_of(x, n));
+    else at::mm_out(yn, w, image_of(x, n));
+  }
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    std::array<bool, 3> output_mask) {
+  const char* op = "ofa_fast.pointwise_conv2d_backward";
+  TORCH_CHECK(grad_output.dim() == 4, op, ": grad_output must be 4-D, got shape ",
+              grad_output.sizes());
+  const int64_t out = grad_output.size(1);
+  check_pointwise(input, weight, std::nullopt, out, op);
+  check_grad_output(grad_output, input,
+                    {input.size(0), out, input.size(2), input.size(3)}, op);
+  const at::MemoryFormat fmt = format_of(input);
+  const at::Tensor x = input.contiguous(fmt);
+  const at::Tensor gy = grad_output.contiguous(fmt);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const at::Tensor w = active_block(weight, out, C);
+  at::Tensor gx = output_mask[0] ? at::empty(x.sizes(), x.options().memory_format(fmt))
+                                 : input.new_empty({0});
+  at::Tensor gw = weight.new_empty({0}), block;
+  if (output_mask[1]) std::tie(gw, block) = full_weight_grad(weight, out, C);
+  at::Tensor gb = weight.new_empty({0});
+  if (output_mask[2]) gb = full_bias_grad(weight, gy.sum({0, 2, 3}));
+  if (N * H * W == 0) {
+    if (output_mask[0]) gx.zero_();
+    return {gx, gw, gb};
+  }
+  if (rows_layout(x, fmt)) {
+    const at::Tensor gy2 = rows_of(gy), x2 = rows_of(x);
+    if (output_mask[0]) {
+      at::Tensor gx2 = rows_of(gx);
+      at::mm_out(gx2, gy2, w);
+    }
+    if (output_mask[1]) at::mm_out(block, gy2.t(), x2);
+    return {gx, gw, gb};
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    const at::Tensor gyn = image_of(gy, n);
+    if (output_mask[0]) {
+      at::Tensor gxn = image_of(gx, n);
+      at::mm_out(gxn, w.t(), gyn);
+    }
+    if (output_mask[1]) {
+      if (n == 0) at::mm_out(block, gyn, image_of(x, n).t());
+      else block.addmm_(gyn, image_of(x, n).t());
+    }
+  }
+  return {gx, gw, gb};
+}
+
+// Schemas: next to their kernels; TORCH_LIBRARY(ofa_fast) in csrc/ofa_fast.cpp calls this.
+void register_sliced_schemas(torch::Library& m) {
+  m.def("sliced_linear(Tensor input, Tensor weight, Tensor? bias, int out_features) -> Tensor");
+  m.def("sliced_linear_backward(Tensor grad_output, Tensor input, Tensor weight, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("pointwise_conv2d(Tensor input, Tensor weight, Tensor? bias, int out_channels) -> Tensor");
+  m.def("pointwise_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
+
+}  // namespace ofa_fast
+
+// The same device-generic GEMM code serves both keys.
+TORCH_LIBRARY_IMPL(ofa_fast, CPU, m) {
+  m.impl("sliced_linear", &ofa_fast::sliced_linear);
+  m.impl("sliced_linear_backward", &ofa_fast::sliced_linear_backward);
+  m.impl("pointwise_conv2d", &ofa_fast::pointwise_conv2d);
+  m.impl("pointwise_conv2d_backward", &ofa_fast::pointwise_conv2d_backward);
+}
+
+#ifdef OFA_FAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(ofa_fast, CUDA, m) {
+  m.impl("sliced_linear", &ofa_fast::sliced_linear);
+  m.impl("sliced_linear_backward", &ofa_fast::sliced_linear_backward);
+  m.impl("pointwise_conv2d", &ofa_fast::pointwise_conv2d);
+  m.impl("pointwise_conv2d_backward", &ofa_fast::pointwise_conv2d_backward);
+}
+#endif
