@@ -4,6 +4,7 @@
     conv = ofa_fast.nn.DynamicSeparableConv2d(144, [3, 5, 7])   # OFA's names and keys
     ofa_fast.set_backend("auto")          # or "reference", "cpu", "cuda", "triton"
     with ofa_fast.use_backend("reference"): ...
+    ofa_fast.patch(ofa_model)             # an `ofa` model onto ofa_fast, in place
 """
 __version__ = "0.1.0"
 
@@ -11,6 +12,7 @@ from . import _ext  # loads ofa_fast._C, or warns once
 from .backend import get_backend, set_backend, usable_backends, use_backend
 from . import ops  # noqa: E402  (registers autograd, fake and Triton ops)
 from . import nn  # noqa: E402
+from ._patch import patch, unpatch  # noqa: E402
 
-__all__ = ["__version__", "get_backend", "nn", "ops", "set_backend", "usable_backends",
-           "use_backend"]
+__all__ = ["__version__", "get_backend", "nn", "ops", "patch", "set_backend", "unpatch",
+           "usable_backends", "use_backend"]

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ofa_fast
 from ofa_fast import backend as _backend
@@ -23,8 +24,10 @@ def assert_close(actual, expected, dtype, what=""):
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
     assert torch.isfinite(a).all(), f"{what}: non-finite values"
+    if not a.numel():
+        return
     scale = max(e.abs().max().item(), 1e-3)
-    err = (a - e).abs().max().item() / scale if a.numel() else 0.0
+    err = (a - e).abs().max().item() / scale
     assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:.1g} ({dtype})"
 
 
@@ -114,5 +117,31 @@ def parameters_sharing_storage(module):
     return {p.untyped_storage().data_ptr() for p in module.parameters()}
 
 
-__all__ = ["ConvCase", "HAS_CUDA", "NO_CUDA_REASON", "assert_close", "backend_params",
+# ---- no copies of the weight --------------------------------------------------
+
+_COPY_OPS = {
+    torch.ops.aten.clone.default, torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default,
+    torch.ops.aten.copy.default, torch.ops.aten.index_select.default, torch.ops.aten.cat.default,
+    torch.ops.aten.stack.default, torch.ops.aten.index.Tensor,
+}
+
+
+class NoWeightCopies(TorchDispatchMode):
+    """Fails on any copy/clone/contiguous of a tensor sharing storage with a parameter."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.storages = {p.untyped_storage().data_ptr() for p in params}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        is_copy = func in _COPY_OPS or func.name().split("::")[-1].split(".")[0].endswith("_copy")
+        if is_copy:
+            for a in torch.utils._pytree.tree_leaves((args, kwargs)):
+                if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() in self.storages:
+                    raise AssertionError(f"{func} copies a tensor sharing storage with a parameter")
+        return func(*args, **kwargs)
+
+
+__all__ = ["NoWeightCopies", "ConvCase", "HAS_CUDA", "NO_CUDA_REASON", "assert_close", "backend_params",
            "conv_cases", "make_conv_inputs", "fmt_of", "ofa_fast"]

@@ -3,12 +3,11 @@ the composite elastic_dwconv2d): every backend against the reference, forward an
 every gradient; gradcheck, opcheck, torch.compile, the no-copy rule, bad input."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import ofa_fast
 from ofa_fast.ops import dwconv2d, dwconv2d_reference, elastic_dwconv2d
 
-from _helpers import (HAS_CUDA, NO_CUDA_REASON, assert_close, backend_params, conv_cases,
+from _helpers import (HAS_CUDA, NO_CUDA_REASON, NoWeightCopies, assert_close, backend_params, conv_cases,
                       fmt_of, make_conv_inputs)
 
 CPU_CASES = conv_cases(full=True)
@@ -203,30 +202,6 @@ def test_compiles_with_inductor():
 
 
 # ---- no copies of the weight --------------------------------------------------
-
-_COPY_OPS = {
-    torch.ops.aten.clone.default, torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default,
-    torch.ops.aten.copy.default, torch.ops.aten.index_select.default, torch.ops.aten.cat.default,
-    torch.ops.aten.stack.default, torch.ops.aten.index.Tensor,
-}
-
-
-class NoWeightCopies(TorchDispatchMode):
-    """Fails on any copy/clone/contiguous of a tensor sharing storage with a parameter."""
-
-    def __init__(self, params):
-        super().__init__()
-        self.storages = {p.untyped_storage().data_ptr() for p in params}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        is_copy = func in _COPY_OPS or func.name().split("::")[-1].split(".")[0].endswith("_copy")
-        if is_copy:
-            for a in torch.utils._pytree.tree_leaves((args, kwargs)):
-                if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() in self.storages:
-                    raise AssertionError(f"{func} copies a tensor sharing storage with a parameter")
-        return func(*args, **kwargs)
-
 
 def no_copy_backends():
     out = []

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 namespace ofa_fast {
 namespace {
 
@@ -83,10 +85,14 @@ at::Tensor full_bias_grad(const at::Tensor& weight, const at::Tensor& rows_or_re
 // channels_last (or 1x1 images): pixels are the rows of one [N*H*W, C] matrix, so the
 // conv is one GEMM. NCHW: image n is a [C, H*W] matrix, one GEMM per image.
 
+// The output keeps the input's format; a strided view (say every other pixel) counts as
+// channels_last when its channel stride is the smallest. ofa_fast/ops/linear.py
+// (pointwise_memory_format) mirrors this for the fake kernels.
 at::MemoryFormat format_of(const at::Tensor& x) {
   if (x.is_contiguous()) return at::MemoryFormat::Contiguous;
   if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
-  return x.suggest_memory_format();
+  return x.stride(1) <= std::min(x.stride(2), x.stride(3)) ? at::MemoryFormat::ChannelsLast
+                                                           : at::MemoryFormat::Contiguous;
 }
 
 bool rows_layout(const at::Tensor& x, at::MemoryFormat fmt) {

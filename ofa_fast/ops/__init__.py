@@ -6,6 +6,7 @@ Data flows one way: ofa_fast.nn modules -> these wrappers -> kernels
 from .. import backend as _backend
 from . import dwconv as _dwconv_mod
 from . import kernel_transform as _kernel_transform_mod
+from . import linear as _linear_mod
 from .dwconv import check_dwconv_args, dwconv2d, dwconv2d_reference
 from .elastic_dwconv import elastic_dwconv2d, transform_chain
 from .kernel_transform import kernel_transform, kernel_transform_reference
@@ -14,6 +15,7 @@ from .linear import pointwise_conv2d, sliced_linear
 if _backend._why_unusable("triton", None) is None:
     _dwconv_mod._register_triton()
     _kernel_transform_mod._register_triton()
+    _linear_mod._register_triton()
 
 __all__ = [
     "check_dwconv_args",

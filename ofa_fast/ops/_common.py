@@ -21,6 +21,18 @@ def output_memory_format(x: torch.Tensor):
     return suggest_memory_format(x)
 
 
+def pointwise_memory_format(x: torch.Tensor):
+    """The conv output keeps the input's memory format; a strided view counts as
+    channels_last when its channel stride is the smallest (csrc/sliced/sliced.cpp,
+    format_of)."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.channels_last if x.stride(1) <= min(x.stride(2), x.stride(3)) \
+        else torch.contiguous_format
+
+
 def register_conv_autograd(name, backward_input, backward_weight, fused=None):
     """Autograd of a conv op `name(x, weight, k, s, d, p)` whose two gradients are the
     ops backward_input / backward_weight(grad_output, x, weight, k, s, d, p).

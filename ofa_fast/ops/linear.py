@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _ext, backend
-from ._common import output_memory_format
+from ._common import pointwise_memory_format
 
 __all__ = ["pointwise_conv2d", "sliced_linear", "check_sliced_args"]
 
@@ -87,13 +87,13 @@ def _fake_linear(x, weight, bias, out_features):
 def _fake_pointwise(x, weight, bias, out_channels):
     N, _, H, W = x.shape
     return torch.empty((N, out_channels, H, W), dtype=x.dtype, device=x.device,
-                       memory_format=output_memory_format(x))
+                       memory_format=pointwise_memory_format(x))
 
 
 def _fake_backward(grad_output, x, weight, output_mask):
     conv = x.dim() == 4
     gx = (torch.empty(x.shape, dtype=x.dtype, device=x.device,
-                      memory_format=output_memory_format(x)) if conv else x.new_empty(x.shape)) \
+                      memory_format=pointwise_memory_format(x)) if conv else x.new_empty(x.shape)) \
         if output_mask[0] else x.new_empty((0,))
     gw = weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty((0,))
     gb = weight.new_empty((weight.shape[0],)) if output_mask[2] else weight.new_empty((0,))
@@ -129,6 +129,60 @@ if _ext.has_cpu_kernels():
                              lambda *a: torch.ops.ofa_fast.sliced_linear_backward(*a))
     register_sliced_autograd("ofa_fast::pointwise_conv2d",
                              lambda *a: torch.ops.ofa_fast.pointwise_conv2d_backward(*a))
+
+
+# ---- Triton ops ---------------------------------------------------------------
+
+def _register_triton():
+    """Defines ofa_fast::sliced_linear_triton and ofa_fast::pointwise_conv2d_triton (+ their
+    backward ops) with torch.library.triton_op, so Inductor sees the kernels. Imports
+    triton: only done when the backend is usable."""
+    # bare names: triton_op reads this source to find the kernels it launches
+    from ..triton_kernels.linear import (pointwise_conv2d_backward_bias,
+                                         pointwise_conv2d_backward_input,
+                                         pointwise_conv2d_backward_weight,
+                                         pointwise_conv2d_forward, sliced_linear_backward_bias,
+                                         sliced_linear_backward_input,
+                                         sliced_linear_backward_weight, sliced_linear_forward)
+
+    @torch.library.triton_op("ofa_fast::sliced_linear_triton", mutates_args=())
+    def sliced_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                             out_features: int) -> torch.Tensor:
+        return sliced_linear_forward(x, weight, bias, out_features)
+
+    @torch.library.triton_op("ofa_fast::sliced_linear_triton_backward", mutates_args=())
+    def sliced_linear_triton_backward(grad_output: torch.Tensor, x: torch.Tensor,
+                                      weight: torch.Tensor, output_mask: list[bool]
+                                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        empty = weight.new_empty((0,))
+        gx = sliced_linear_backward_input(grad_output, weight, x.shape[1]) \
+            if output_mask[0] else x.new_empty((0,))
+        gw = sliced_linear_backward_weight(grad_output, x, weight) if output_mask[1] else empty
+        gb = sliced_linear_backward_bias(grad_output, weight.shape[0]) \
+            if output_mask[2] else weight.new_empty((0,))
+        return gx, gw, gb
+
+    @torch.library.triton_op("ofa_fast::pointwise_conv2d_triton", mutates_args=())
+    def pointwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                out_channels: int) -> torch.Tensor:
+        return pointwise_conv2d_forward(x, weight, bias, out_channels)
+
+    @torch.library.triton_op("ofa_fast::pointwise_conv2d_triton_backward", mutates_args=())
+    def pointwise_conv2d_triton_backward(grad_output: torch.Tensor, x: torch.Tensor,
+                                         weight: torch.Tensor, output_mask: list[bool]
+                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        empty = weight.new_empty((0,))
+        gx = pointwise_conv2d_backward_input(grad_output, x, weight) \
+            if output_mask[0] else x.new_empty((0,))
+        gw = pointwise_conv2d_backward_weight(grad_output, x, weight) if output_mask[1] else empty
+        gb = pointwise_conv2d_backward_bias(grad_output, weight.shape[0]) \
+            if output_mask[2] else weight.new_empty((0,))
+        return gx, gw, gb
+
+    register_sliced_autograd("ofa_fast::sliced_linear_triton", sliced_linear_triton_backward)
+    register_sliced_autograd("ofa_fast::pointwise_conv2d_triton", pointwise_conv2d_triton_backward)
+    _LINEAR["triton"] = lambda *a: torch.ops.ofa_fast.sliced_linear_triton(*a)
+    _POINTWISE["triton"] = lambda *a: torch.ops.ofa_fast.pointwise_conv2d_triton(*a)
 
 
 _LINEAR = {
