@@ -12,7 +12,11 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
+
+try:  # val2list passes numpy arrays through, as OFA's does
+    from numpy import ndarray as _ndarray
+except ImportError:  # pragma: no cover
+    _ndarray = list
 
 __all__ = [
     "make_divisible",
@@ -64,7 +68,7 @@ def make_divisible(v, divisor, min_val=None):
 
 def val2list(val, repeat_time=1):
     """A list as is, a tuple as a list, anything else repeated `repeat_time` times."""
-    if isinstance(val, list) or type(val).__name__ == "ndarray":
+    if isinstance(val, (list, _ndarray)):
         return val
     if isinstance(val, tuple):
         return list(val)
@@ -114,8 +118,9 @@ class Hswish(nn.Module):
         self.inplace = inplace
 
     def forward(self, x):
-        # relu6 runs in place on the temporary x + 3, never on x
-        return x * F.relu6(x + 3.0, inplace=self.inplace) / 6.0
+        # x * relu6(x + 3) / 6 in one pass (bitwise OFA's forward); never in place on x,
+        # as OFA's inplace flag only ever applied to its temporary x + 3
+        return F.hardswish(x)
 
     def __repr__(self):
         return "Hswish()"
@@ -127,6 +132,9 @@ class Hsigmoid(nn.Module):
         self.inplace = inplace
 
     def forward(self, x):
+        # OFA's formula (it only sees SE's pooled [N, C, 1, 1] vectors: speed is moot, and
+        # F.hardsigmoid's backward rounds its 1/6 in float32 even for float64 tensors);
+        # relu6 runs in place on the temporary x + 3, never on x
         return F.relu6(x + 3.0, inplace=self.inplace) / 6.0
 
     def __repr__(self):
