@@ -157,6 +157,12 @@ def _channel_importance(weight, norm, expand_ratio_stage, expand_ratio_list, bas
     return torch.sort(importance, dim=0, descending=True)[1]
 
 
+def _is_identity(module):
+    """An IdentityLayer, ours or OFA's (a module switched by ofa_fast.patch keeps OFA's
+    static children)."""
+    return isinstance(module, IdentityLayer) or type(module).__name__ == "IdentityLayer"
+
+
 def _dyn_conv_bn(conv, channels, act_func=None, with_act=True):
     ops = [("conv", conv), ("bn", DynamicBatchNorm2d(channels))]
     if with_act:
@@ -589,7 +595,7 @@ class DynamicResNetBottleneckBlock(MyModule):
         _check_in_list(name, "active_expand_ratio", self.active_expand_ratio, self.expand_ratio_list)
         _check_channels(name, "active_out_channel", self.active_out_channel, self.out_channels)
         _check_channels(name, "in_channel", in_channel, self.in_channels)
-        identity = isinstance(self.downsample, IdentityLayer)
+        identity = _is_identity(self.downsample)
         if identity and in_channel != self.active_out_channel:
             raise ValueError(f"{name}: in_channel = {in_channel} must equal active_out_channel = "
                              f"{self.active_out_channel}: the shortcut is an identity")
@@ -601,7 +607,7 @@ class DynamicResNetBottleneckBlock(MyModule):
         self.conv1.conv.active_out_channel = feature_dim
         self.conv2.conv.active_out_channel = feature_dim
         self.conv3.conv.active_out_channel = self.active_out_channel
-        if not isinstance(self.downsample, IdentityLayer):
+        if not _is_identity(self.downsample):
             self.downsample.conv.active_out_channel = self.active_out_channel
 
         ds = self.downsample
@@ -623,7 +629,7 @@ class DynamicResNetBottleneckBlock(MyModule):
             "%dx%d_BottleneckConv_in->%d->%d_S%d" % (
                 self.kernel_size, self.kernel_size, self.active_middle_channels,
                 self.active_out_channel, self.stride),
-            "Identity" if isinstance(self.downsample, IdentityLayer) else self.downsample_mode,
+            "Identity" if _is_identity(self.downsample) else self.downsample_mode,
         )
 
     @property
@@ -669,7 +675,7 @@ class DynamicResNetBottleneckBlock(MyModule):
         copy_bn(sub_layer.conv2.bn, self.conv2.bn.bn)
         _copy_(sub_layer.conv3.conv.weight, self.conv3.conv.get_active_filter(out, mid))
         copy_bn(sub_layer.conv3.bn, self.conv3.bn.bn)
-        if not isinstance(self.downsample, IdentityLayer):
+        if not _is_identity(self.downsample):
             _copy_(sub_layer.downsample.conv.weight,
                    self.downsample.conv.get_active_filter(out, in_channel))
             copy_bn(sub_layer.downsample.bn, self.downsample.bn.bn)
@@ -678,7 +684,7 @@ class DynamicResNetBottleneckBlock(MyModule):
     def get_active_subnet_config(self, in_channel):
         self._check_active(in_channel)
         if self.stride == 1 and in_channel == self.active_out_channel \
-                and not isinstance(self.downsample, IdentityLayer):
+                and not _is_identity(self.downsample):
             # the static block would take an identity shortcut and drop this block's
             # downsample conv (OFA fails here with an AttributeError)
             raise ValueError(f"{type(self).__name__}: in_channel = active_out_channel = {in_channel} "

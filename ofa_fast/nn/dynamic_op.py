@@ -357,7 +357,7 @@ class DynamicSE(SEModule):
         _check_input_channels(name, x, self.channel)
         in_channel = x.size(1)
         num_mid = make_divisible(in_channel // self.reduction, divisor=MyNetwork.CHANNEL_DIVISIBLE)
-        y = x.mean(3, keepdim=True).mean(2, keepdim=True)
+        y = x.mean((2, 3), keepdim=True)  # one pass (OFA: two, over W then H)
         if groups is None or groups == 1:
             y = ops.pointwise_conv2d(y, self.fc.reduce.weight, self.fc.reduce.bias, num_mid, op=name)
             y = self.fc.relu(y)

@@ -1,0 +1,116 @@
+"""The dynamic layers' eval-mode conv + BN (+ activation) folding equals the unfused
+forward (and OFA's), training-mode BN is never folded, and no layer forward copies a
+weight (train or eval)."""
+import pytest
+import torch
+
+import ofa_fast
+from ofa_fast.nn import (DynamicConvLayer, DynamicMBConvLayer, DynamicResNetBottleneckBlock,
+                         fusion)
+
+from _helpers import NoWeightCopies
+
+
+def layers():
+    torch.manual_seed(0)
+    return {
+        "mbconv_se": (DynamicMBConvLayer([16], [24], [3, 5, 7], [3, 4, 6], 1, "h_swish", True),
+                      dict(active_kernel_size=5, active_expand_ratio=4), 16),
+        "mbconv_s2": (DynamicMBConvLayer([16], [24], [3, 5, 7], [3, 4, 6], 2, "relu6", False),
+                      dict(active_kernel_size=7, active_expand_ratio=6, active_out_channel=16), 12),
+        "conv1x1": (DynamicConvLayer([16], [32], 1, 1, act_func="h_swish"), {}, 16),
+        "resnet_conv": (DynamicResNetBottleneckBlock([16], [32], [0.25, 0.5], 3, 2, "relu", "conv"),
+                        dict(active_expand_ratio=0.5), 16),
+        "resnet_avgpool": (DynamicResNetBottleneckBlock([16], [32], [0.25, 0.5], 3, 2, "relu",
+                                                        "avgpool_conv"), {}, 12),
+    }
+
+
+def randomise_bn(layer):
+    with torch.no_grad():
+        for m in layer.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("name", list(layers()))
+@pytest.mark.parametrize("cl", [False, True])
+def test_eval_fusion_equals_unfused(name, cl):
+    layer, active, in_ch = layers()[name]
+    layer = layer.double().eval()
+    randomise_bn(layer)
+    for k, v in active.items():
+        setattr(layer, k, v)
+    x = torch.randn(2, in_ch, 9, 9, dtype=torch.float64)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    results = []
+    for fused in (True, False):
+        layer.zero_grad(set_to_none=True)
+        xx = x.detach().clone().requires_grad_()
+        with fusion(fused):
+            y = layer(xx)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y))
+        results.append((y.detach(), xx.grad, {n: p.grad for n, p in layer.named_parameters()
+                                              if p.grad is not None}))
+    (y1, gx1, gp1), (y2, gx2, gp2) = results
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gx1, gx2, rtol=1e-10, atol=1e-10)
+    assert gp1.keys() == gp2.keys()
+    for n in gp1:
+        torch.testing.assert_close(gp1[n], gp2[n], rtol=1e-9, atol=1e-9, msg=lambda m: f"{n}: {m}")
+
+
+def test_fusion_switch_restores():
+    assert ofa_fast.nn.fusion_enabled()
+    with fusion(False):
+        assert not ofa_fast.nn.fusion_enabled()
+        with fusion(True):
+            assert ofa_fast.nn.fusion_enabled()
+        assert not ofa_fast.nn.fusion_enabled()
+    assert ofa_fast.nn.fusion_enabled()
+
+
+def test_eval_fusion_skips_the_bn_pass():
+    layer, active, in_ch = layers()["mbconv_se"]
+    layer.eval()
+    seen = []
+
+    def hook(module, args):
+        seen.append(module)
+
+    for m in layer.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_pre_hook(hook)
+    x = torch.randn(1, in_ch, 8, 8)
+    with torch.no_grad():
+        layer(x)
+        assert len(seen) == 1  # only the depthwise conv's BN runs as a module
+        seen.clear()
+        with fusion(False):
+            layer(x)
+        assert len(seen) == 3
+
+
+def test_training_bn_is_never_folded():
+    layer, active, in_ch = layers()["mbconv_se"]
+    layer.train()
+    bns = [m for m in layer.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [b.running_mean.clone() for b in bns]
+    layer(torch.randn(2, in_ch, 8, 8))
+    assert all(not torch.equal(b.running_mean, m) for b, m in zip(bns, before))
+
+
+@pytest.mark.parametrize("name", list(layers()))
+@pytest.mark.parametrize("train", [True, False])
+def test_layer_forward_makes_no_weight_copy(name, train):
+    layer, active, in_ch = layers()[name]
+    for k, v in active.items():
+        setattr(layer, k, v)
+    layer.train(train)
+    x = torch.randn(2, in_ch, 8, 8)
+    with NoWeightCopies(layer.parameters()):
+        layer(x)
