@@ -5,6 +5,7 @@
 //   dwconv2d, dwconv2d_backward_input, dwconv2d_backward_weight   csrc/dwconv/
 //   kernel_transform, kernel_transform_backward                   csrc/kernel_transform/
 //   sliced_linear(_backward), pointwise_conv2d(_backward)          csrc/sliced/
+//   autograd (Autograd key) of dwconv2d, sliced_linear, pointwise_conv2d: csrc/autograd/
 #include <torch/library.h>
 
 #ifdef OFA_FAST_PYTHON_MODULE

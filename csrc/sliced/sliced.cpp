@@ -69,9 +69,14 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
 
 // The max-shaped gradient, zero outside [:out, :in]; `block` is its active view, which
 // the GEMMs write through its strides.
+// Only the complement of the block is zeroed (the GEMM writes the block): for a full-size
+// block nothing is, which saves a pass over the largest gradients.
 std::pair<at::Tensor, at::Tensor> full_weight_grad(const at::Tensor& weight, int64_t out,
                                                    int64_t in) {
-  at::Tensor gw = at::zeros(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor gw = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor rows = gw.dim() == 4 ? gw.select(3, 0).select(2, 0) : gw;
+  if (out < rows.size(0)) rows.narrow(0, out, rows.size(0) - out).zero_();
+  if (in < rows.size(1)) rows.narrow(0, 0, out).narrow(1, in, rows.size(1) - in).zero_();
   return {gw, active_block(gw, out, in)};
 }
 

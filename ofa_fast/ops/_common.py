@@ -33,11 +33,10 @@ def pointwise_memory_format(x: torch.Tensor):
         else torch.contiguous_format
 
 
-def register_conv_autograd(name, backward_input, backward_weight, fused=None):
+def register_conv_autograd(name, backward_input, backward_weight):
     """Autograd of a conv op `name(x, weight, k, s, d, p)` whose two gradients are the
-    ops backward_input / backward_weight(grad_output, x, weight, k, s, d, p).
-    fused(grad_output, x, weight, k, s, d, p, output_mask) -> (grad_x, grad_weight), if
-    given, computes both at once (in one pass over grad_output on the CPU)."""
+    ops backward_input / backward_weight(grad_output, x, weight, k, s, d, p). (The
+    compiled ops' autograd is in C++: csrc/autograd/autograd.cpp.)"""
 
     def setup_context(ctx, inputs, output):
         x, weight, k, s, d, p = inputs
@@ -47,10 +46,6 @@ def register_conv_autograd(name, backward_input, backward_weight, fused=None):
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
         gx = gw = None
-        if fused is not None:
-            mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-            gx, gw = fused(grad_output, x, weight, *ctx.conf, mask)
-            return (gx if mask[0] else None), (gw if mask[1] else None), None, None, None, None
         if ctx.needs_input_grad[0]:
             gx = backward_input(grad_output, x, weight, *ctx.conf)
         if ctx.needs_input_grad[1]:

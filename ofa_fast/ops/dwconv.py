@@ -101,12 +101,8 @@ if _ext.has_cpu_kernels():
     torch.library.register_fake("ofa_fast::dwconv2d_backward_input")(_fake_backward_input)
     torch.library.register_fake("ofa_fast::dwconv2d_backward_weight")(_fake_backward_weight)
     torch.library.register_fake("ofa_fast::dwconv2d_backward")(_fake_backward)
-    register_conv_autograd(
-        "ofa_fast::dwconv2d",
-        lambda *a: torch.ops.ofa_fast.dwconv2d_backward_input(*a),
-        lambda *a: torch.ops.ofa_fast.dwconv2d_backward_weight(*a),
-        fused=lambda *a: torch.ops.ofa_fast.dwconv2d_backward(*a),
-    )
+    # autograd of the compiled op is registered in C++ (csrc/autograd/autograd.cpp), with
+    # the fused backward (grad_output staged once for both gradients on the CPU)
 
 
 def _compiled(x, weight, kernel_size, stride, dilation, padding):

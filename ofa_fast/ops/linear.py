@@ -125,10 +125,7 @@ if _ext.has_cpu_kernels():
     torch.library.register_fake("ofa_fast::pointwise_conv2d")(_fake_pointwise)
     torch.library.register_fake("ofa_fast::sliced_linear_backward")(_fake_backward)
     torch.library.register_fake("ofa_fast::pointwise_conv2d_backward")(_fake_backward)
-    register_sliced_autograd("ofa_fast::sliced_linear",
-                             lambda *a: torch.ops.ofa_fast.sliced_linear_backward(*a))
-    register_sliced_autograd("ofa_fast::pointwise_conv2d",
-                             lambda *a: torch.ops.ofa_fast.pointwise_conv2d_backward(*a))
+    # autograd of the compiled ops is registered in C++ (csrc/autograd/autograd.cpp)
 
 
 # ---- Triton ops ---------------------------------------------------------------

@@ -1,0 +1,119 @@
+// Autograd of the compiled ops, in C++ (the Autograd dispatch key): a backward through
+// Python costs ~0.1 ms per op call, a noticeable share of a small layer's step. Each
+// forward redispatches below autograd to the CPU/CUDA kernel and saves what its
+// backward op needs; each backward calls the op's (fused) backward op with the mask of
+// gradients autograd asks for. The Triton ops keep their Python autograd
+// (ofa_fast/ops/*.py), as torch.library.triton_op requires.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+
+namespace ofa_fast {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+at::Tensor grad_or_undefined(bool needed, const at::Tensor& g) {
+  return needed ? g : at::Tensor();
+}
+
+// ---- sliced linear / pointwise conv: (x, weight, bias?, out) ------------------------
+
+using SlicedFwd = at::Tensor(const at::Tensor&, const at::Tensor&,
+                             const std::optional<at::Tensor>&, int64_t);
+using SlicedBwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 3>);
+
+template <const char* Fwd, const char* Bwd>
+struct SlicedFunction : public torch::autograd::Function<SlicedFunction<Fwd, Bwd>> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t out) {
+    static const auto op = op_handle<SlicedFwd>(Fwd);
+    const bool has_bias = bias.has_value() && bias->defined();
+    ctx->saved_data["has_bias"] = has_bias;
+    ctx->save_for_backward({x, weight});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, weight, bias, out);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<SlicedBwd>(Bwd);
+    const auto saved = ctx->get_saved_variables();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    // edges: x, weight, then bias when given
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      has_bias && ctx->needs_input_grad(2)};
+    if (!mask[0] && !mask[1] && !mask[2]) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    auto [gx, gw, gb] = op.call(grads[0], saved[0], saved[1], mask);
+    return {grad_or_undefined(mask[0], gx), grad_or_undefined(mask[1], gw),
+            grad_or_undefined(mask[2], gb), at::Tensor()};
+  }
+};
+
+constexpr char kLinear[] = "ofa_fast::sliced_linear";
+constexpr char kLinearBwd[] = "ofa_fast::sliced_linear_backward";
+constexpr char kPointwise[] = "ofa_fast::pointwise_conv2d";
+constexpr char kPointwiseBwd[] = "ofa_fast::pointwise_conv2d_backward";
+
+at::Tensor sliced_linear_autograd(const at::Tensor& x, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, int64_t out) {
+  return SlicedFunction<kLinear, kLinearBwd>::apply(x, weight, bias, out);
+}
+
+at::Tensor pointwise_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
+                                     const std::optional<at::Tensor>& bias, int64_t out) {
+  return SlicedFunction<kPointwise, kPointwiseBwd>::apply(x, weight, bias, out);
+}
+
+// ---- depthwise conv: (x, weight, k, stride, dilation, padding) ----------------------
+
+using DwFwd = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, int64_t);
+using DwBwd = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, int64_t, int64_t, int64_t,
+                                                 int64_t, std::array<bool, 2>);
+
+struct DwconvFunction : public torch::autograd::Function<DwconvFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            int64_t k, int64_t stride, int64_t dilation, int64_t padding) {
+    static const auto op = op_handle<DwFwd>("ofa_fast::dwconv2d");
+    ctx->saved_data["conf"] = std::vector<int64_t>{k, stride, dilation, padding};
+    ctx->save_for_backward({x, weight});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, weight, k, stride, dilation, padding);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<DwBwd>("ofa_fast::dwconv2d_backward");
+    const auto saved = ctx->get_saved_variables();
+    const auto conf = ctx->saved_data["conf"].toIntVector();
+    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    variable_list out(6);
+    if (!mask[0] && !mask[1]) return out;
+    auto [gx, gw] = op.call(grads[0], saved[0], saved[1], conf[0], conf[1], conf[2], conf[3], mask);
+    out[0] = grad_or_undefined(mask[0], gx);
+    out[1] = grad_or_undefined(mask[1], gw);
+    return out;
+  }
+};
+
+at::Tensor dwconv2d_autograd(const at::Tensor& x, const at::Tensor& weight, int64_t k,
+                             int64_t stride, int64_t dilation, int64_t padding) {
+  return DwconvFunction::apply(x, weight, k, stride, dilation, padding);
+}
+
+}  // namespace
+}  // namespace ofa_fast
+
+TORCH_LIBRARY_IMPL(ofa_fast, Autograd, m) {
+  m.impl("sliced_linear", &ofa_fast::sliced_linear_autograd);
+  m.impl("pointwise_conv2d", &ofa_fast::pointwise_conv2d_autograd);
+  m.impl("dwconv2d", &ofa_fast::dwconv2d_autograd);
+}
