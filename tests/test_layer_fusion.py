@@ -114,3 +114,22 @@ def test_layer_forward_makes_no_weight_copy(name, train):
     x = torch.randn(2, in_ch, 8, 8)
     with NoWeightCopies(layer.parameters()):
         layer(x)
+
+
+@pytest.mark.parametrize("name", list(layers()))
+@pytest.mark.parametrize("cl", [False, True])
+def test_inference_fusion_equals_unfused(name, cl):
+    # under no_grad the fold runs as one GEMM + activation op (pointwise_conv2d_act)
+    layer, active, in_ch = layers()[name]
+    layer = layer.double().eval()
+    randomise_bn(layer)
+    for k, v in active.items():
+        setattr(layer, k, v)
+    x = torch.randn(2, in_ch, 9, 9, dtype=torch.float64)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y1 = layer(x)
+        with fusion(False):
+            y2 = layer(x)
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)

@@ -256,3 +256,33 @@ def test_leading_dims_of_linear():
     x = torch.randn(2, 3, 7)
     w = torch.randn(10, 9)
     torch.testing.assert_close(sliced_linear(x, w, None, 4), x @ w[:4, :7].T)
+
+
+@pytest.mark.skipif(not ofa_fast._ext.has_cpu_kernels(), reason="the compiled extension is not loaded")
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6", "h_swish"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_act(activation, fmt, stride):
+    from ofa_fast.ops import pointwise_conv2d_act
+    x = _layout(torch.randn(3, 7, 9, 10, dtype=torch.float64) * 3, fmt)
+    w = torch.randn(300, 9, 1, 1, dtype=torch.float64)
+    b = torch.randn(300, dtype=torch.float64)
+    act = {"none": lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6),
+           "h_swish": torch.nn.functional.hardswish}[activation]
+    expected = act(pointwise_conv2d_reference(x[:, :, ::stride, ::stride], w, b, 260))
+    y = pointwise_conv2d_act(x, w, b, 260, stride, activation)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    with ofa_fast.use_backend("reference"):
+        assert pointwise_conv2d_act(x, w, b, 260, stride, activation) is None
+    with pytest.raises(ValueError, match=r"activation = 'gelu' is not allowed"):
+        pointwise_conv2d_act(x, w, b, 260, stride, "gelu")
+
+
+@pytest.mark.skipif(not ofa_fast._ext.has_cpu_kernels(), reason="the compiled extension is not loaded")
+def test_opcheck_pointwise_act():
+    for fmt in ("nchw", "cl"):
+        x = _layout(torch.randn(2, 7, 3, 4), fmt)
+        torch.library.opcheck(torch.ops.ofa_fast.pointwise_conv2d_act.default,
+                              (x, torch.randn(10, 9, 1, 1), torch.randn(10), 6, "h_swish"))
+    with pytest.raises(RuntimeError, match=r"activation 'tanh' is not allowed"):
+        torch.ops.ofa_fast.pointwise_conv2d_act(x, torch.randn(10, 9, 1, 1), None, 6, "tanh")

@@ -222,6 +222,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_backward(
   return {gx, gw, gb};
 }
 
+namespace {
+
+void apply_activation_(at::Tensor& t, c10::string_view act) {
+  if (act == "relu") at::relu_(t);
+  else if (act == "relu6") at::clamp_(t, 0, 6);
+  else if (act == "h_swish") at::hardswish_(t);
+}
+
+}  // namespace
+
+at::Tensor pointwise_conv2d_act(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, int64_t out_channels,
+                                c10::string_view activation) {
+  const char* op = "ofa_fast.pointwise_conv2d_act";
+  TORCH_CHECK(activation == "none" || activation == "relu" || activation == "relu6" ||
+                  activation == "h_swish",
+              op, ": activation '", activation, "' is not allowed; it must be one of none, relu, "
+              "relu6, h_swish");
+  check_pointwise(input, weight, bias, out_channels, op);
+  const at::MemoryFormat fmt = format_of(input);
+  const at::Tensor x = input.contiguous(fmt);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const at::Tensor w = active_block(weight, out_channels, C);
+  at::Tensor y = at::empty({N, out_channels, H, W}, x.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+  // The activation runs on each GEMM's output block while it is still in cache: one
+  // write of y to memory instead of GEMM + separate BN and activation passes.
+  if (rows_layout(x, fmt)) {
+    const at::Tensor x2 = rows_of(x);
+    at::Tensor y2 = rows_of(y);
+    const int64_t rows = x2.size(0);
+    const int64_t chunk = std::max<int64_t>(64, (int64_t{1} << 16) / std::max<int64_t>(1, out_channels));
+    for (int64_t r = 0; r < rows; r += chunk) {
+      const int64_t n = std::min(chunk, rows - r);
+      at::Tensor yc = y2.narrow(0, r, n);
+      if (bias.has_value()) at::addmm_out(yc, bias->narrow(0, 0, out_channels), x2.narrow(0, r, n), w.t());
+      else at::mm_out(yc, x2.narrow(0, r, n), w.t());
+      apply_activation_(yc, activation);
+    }
+    return y;
+  }
+  const at::Tensor b = bias.has_value()
+      ? bias->narrow(0, 0, out_channels).unsqueeze(1).expand({out_channels, H * W})
+      : at::Tensor();
+  for (int64_t n = 0; n < N; ++n) {
+    at::Tensor yn = image_of(y, n);
+    if (b.defined()) at::addmm_out(yn, b, w, image_of(x, n));
+    else at::mm_out(yn, w, image_of(x, n));
+    apply_activation_(yn, activation);
+  }
+  return y;
+}
+
 // Schemas: next to their kernels; TORCH_LIBRARY(ofa_fast) in csrc/ofa_fast.cpp calls this.
 void register_sliced_schemas(torch::Library& m) {
   m.def("sliced_linear(Tensor input, Tensor weight, Tensor? bias, int out_features) -> Tensor");
@@ -230,6 +283,9 @@ void register_sliced_schemas(torch::Library& m) {
   m.def("pointwise_conv2d(Tensor input, Tensor weight, Tensor? bias, int out_channels) -> Tensor");
   m.def("pointwise_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // inference only (no autograd): the eval-mode conv + folded BN + activation
+  m.def("pointwise_conv2d_act(Tensor input, Tensor weight, Tensor? bias, int out_channels, "
+        "str activation) -> Tensor");
 }
 
 }  // namespace ofa_fast
@@ -240,6 +296,7 @@ TORCH_LIBRARY_IMPL(ofa_fast, CPU, m) {
   m.impl("sliced_linear_backward", &ofa_fast::sliced_linear_backward);
   m.impl("pointwise_conv2d", &ofa_fast::pointwise_conv2d);
   m.impl("pointwise_conv2d_backward", &ofa_fast::pointwise_conv2d_backward);
+  m.impl("pointwise_conv2d_act", &ofa_fast::pointwise_conv2d_act);
 }
 
 #ifdef OFA_FAST_WITH_CUDA
@@ -248,5 +305,6 @@ TORCH_LIBRARY_IMPL(ofa_fast, CUDA, m) {
   m.impl("sliced_linear_backward", &ofa_fast::sliced_linear_backward);
   m.impl("pointwise_conv2d", &ofa_fast::pointwise_conv2d);
   m.impl("pointwise_conv2d_backward", &ofa_fast::pointwise_conv2d_backward);
+  m.impl("pointwise_conv2d_act", &ofa_fast::pointwise_conv2d_act);
 }
 #endif

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 #include <array>
 #include <optional>
@@ -34,5 +35,11 @@ at::Tensor pointwise_conv2d(const at::Tensor& input, const at::Tensor& weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     std::array<bool, 3> output_mask);
+
+// Inference: act(conv + bias) with the activation ("none", "relu", "relu6", "h_swish")
+// applied block by block right after each GEMM, while the block is in cache.
+at::Tensor pointwise_conv2d_act(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, int64_t out_channels,
+                                c10::string_view activation);
 
 }  // namespace ofa_fast

@@ -60,6 +60,9 @@ def _act_(act, y):
     return act(y)
 
 
+_ACT_KIND = {nn.ReLU: "relu", nn.ReLU6: "relu6", Hswish: "h_swish"}
+
+
 def _foldable_bn(bn):
     return (isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.track_running_stats
             and bn.running_mean is not None and bn.running_var is not None)
@@ -81,6 +84,13 @@ def conv_bn_act(conv, bn, act, x, out_channels):
         if inner.bias is not None:
             shift = shift + inner.bias[:n]
         folded = w * scale.view(n, 1, 1, 1)  # computed [n, in, 1, 1]
+        kind = _ACT_KIND.get(type(act), "other") if act is not None else "none"
+        if kind != "other" and not (torch.is_grad_enabled() and (x.requires_grad or folded.requires_grad)):
+            # inference: GEMM + activation block by block in one op (csrc/sliced)
+            y = ops.pointwise_conv2d_act(x, folded, shift, n, conv.stride, kind,
+                                         op=type(conv).__name__)
+            if y is not None:
+                return y
         y = ops.pointwise_conv2d(x, folded, shift, n, conv.stride, op=type(conv).__name__)
         return _act_(act, y)
     y = bn(conv(x, out_channels))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .. import _ext, backend
 from ._common import pointwise_memory_format
 
-__all__ = ["pointwise_conv2d", "sliced_linear", "check_sliced_args"]
+__all__ = ["pointwise_conv2d", "pointwise_conv2d_act", "sliced_linear", "check_sliced_args"]
 
 
 def check_sliced_args(x, weight, bias, out, op, conv):
@@ -125,6 +125,8 @@ if _ext.has_cpu_kernels():
     torch.library.register_fake("ofa_fast::pointwise_conv2d")(_fake_pointwise)
     torch.library.register_fake("ofa_fast::sliced_linear_backward")(_fake_backward)
     torch.library.register_fake("ofa_fast::pointwise_conv2d_backward")(_fake_backward)
+    torch.library.register_fake("ofa_fast::pointwise_conv2d_act")(
+        lambda x, weight, bias, out, act: _fake_pointwise(x, weight, bias, out))
     # autograd of the compiled ops is registered in C++ (csrc/autograd/autograd.cpp)
 
 
@@ -225,3 +227,25 @@ def pointwise_conv2d(x, weight, bias=None, out_channels=None, stride=1,
     if name == "reference":
         return pointwise_conv2d_reference(x, weight, bias, out_channels)
     return _POINTWISE[name](x, weight, bias, out_channels)
+
+
+_ACTIVATIONS = ("none", "relu", "relu6", "h_swish")
+
+
+def pointwise_conv2d_act(x, weight, bias, out_channels, stride=1, activation="none",
+                         op="ofa_fast.pointwise_conv2d_act"):
+    """Inference only: activation(pointwise_conv2d(...)) in one op, the activation applied
+    to each GEMM's output block while it is in cache (activation: none, relu, relu6,
+    h_swish). Returns None when the backend has no such op (reference, Triton): the
+    caller then runs the two steps."""
+    check_sliced_args(x, weight, bias, out_channels, op, conv=True)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{op}: activation = {activation!r} is not allowed; choose from "
+                         f"{', '.join(_ACTIVATIONS)}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"{op}: stride = {stride!r} is not allowed; it must be an int >= 1")
+    if backend.resolve(x.device.type, x.dtype) not in ("cpu", "cuda"):
+        return None
+    if stride > 1:
+        x = x[:, :, ::stride, ::stride]
+    return torch.ops.ofa_fast.pointwise_conv2d_act(x, weight, bias, out_channels, activation)
