@@ -109,10 +109,39 @@ at::Tensor dwconv2d_autograd(const at::Tensor& x, const at::Tensor& weight, int6
   return DwconvFunction::apply(x, weight, k, stride, dilation, padding);
 }
 
+// ---- SE scaling: (x, scale [N, C]) ----------------------------------------------------
+
+using ScaleFwd = at::Tensor(const at::Tensor&, const at::Tensor&);
+using ScaleBwd = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, std::array<bool, 2>);
+
+struct ChannelScaleFunction : public torch::autograd::Function<ChannelScaleFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale) {
+    static const auto op = op_handle<ScaleFwd>("ofa_fast::channel_scale");
+    ctx->save_for_backward({x, scale});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, scale);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<ScaleBwd>("ofa_fast::channel_scale_backward");
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    if (!mask[0] && !mask[1]) return {at::Tensor(), at::Tensor()};
+    auto [gx, gs] = op.call(grads[0], saved[0], saved[1], mask);
+    return {grad_or_undefined(mask[0], gx), grad_or_undefined(mask[1], gs)};
+  }
+};
+
+at::Tensor channel_scale_autograd(const at::Tensor& x, const at::Tensor& scale) {
+  return ChannelScaleFunction::apply(x, scale);
+}
+
 }  // namespace
 }  // namespace ofa_fast
 
 TORCH_LIBRARY_IMPL(ofa_fast, Autograd, m) {
+  m.impl("channel_scale", &ofa_fast::channel_scale_autograd);
   m.impl("sliced_linear", &ofa_fast::sliced_linear_autograd);
   m.impl("pointwise_conv2d", &ofa_fast::pointwise_conv2d_autograd);
   m.impl("dwconv2d", &ofa_fast::dwconv2d_autograd);

@@ -7,6 +7,7 @@ from .. import backend as _backend
 from . import dwconv as _dwconv_mod
 from . import kernel_transform as _kernel_transform_mod
 from . import linear as _linear_mod
+from .channel_scale import channel_scale
 from .dwconv import check_dwconv_args, dwconv2d, dwconv2d_reference
 from .elastic_dwconv import elastic_dwconv2d, transform_chain
 from .kernel_transform import kernel_transform, kernel_transform_reference
@@ -18,6 +19,7 @@ if _backend._why_unusable("triton", None) is None:
     _linear_mod._register_triton()
 
 __all__ = [
+    "channel_scale",
     "check_dwconv_args",
     "dwconv2d",
     "dwconv2d_reference",
