@@ -3,11 +3,14 @@
     ofa-fast info    version, torch/CUDA/Triton, which backends are built and usable,
                      and what `auto` picks
     ofa-fast demo    DynamicSeparableConv2d forward + backward on every usable backend,
-                     timed against OFA's own module (the `ofa` package) in one run
+                     timed against OFA's own module (the `ofa` package) in one run; then
+                     an OFA DynamicMBConvLayer switched to ofa_fast by ofa_fast.patch(),
+                     timed against the unpatched layer
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import statistics
 import sys
@@ -122,6 +125,41 @@ def demo(batch, channels, size, kernel_sizes, repeat, file=None):
                       file=file)
 
 
+def demo_layer(batch, size, repeat, file=None):
+    """An `ofa` DynamicMBConvLayer (k=7, expand 6, SE, h_swish) against a deep copy of it
+    switched to ofa_fast by ofa_fast.patch(): forward + backward, interleaved."""
+    file = file or sys.stdout
+    try:
+        from ofa.imagenet_classification.elastic_nn.modules.dynamic_layers import \
+            DynamicMBConvLayer
+    except Exception:
+        print("DynamicMBConvLayer demo skipped: the `ofa` package is not installed", file=file)
+        return
+    torch.manual_seed(0)
+    theirs = DynamicMBConvLayer([24], [24], [3, 5, 7], [3, 4, 6], 1, "h_swish", use_se=True)
+    theirs.active_kernel_size, theirs.active_expand_ratio = 7, 6
+    ours = copy.deepcopy(theirs)
+    swapped = ofa_fast.patch(ours)
+    x = torch.randn(batch, 24, size, size, requires_grad=True)
+
+    def step(module):
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        module(x).sum().backward()
+
+    t_ours, t_base = [], []
+    for _ in range(repeat):
+        t_ours += _time(lambda: step(ours), 1)
+        t_base += _time(lambda: step(theirs), 1)
+    diff = (ours(x) - theirs(x)).abs().max().item()
+    mo, mb = statistics.median(t_ours) * 1e3, statistics.median(t_base) * 1e3
+    print(f"\nofa DynamicMBConvLayer (24 -> 24, k=7, expand 6, SE, h_swish), batch {batch}, "
+          f"{size}x{size}, forward+backward; ofa_fast.patch() swapped {len(swapped)} modules",
+          file=file)
+    print(f"{'ofa_fast ms':>13}{'ofa ms':>13}{'speed-up':>10}{'max |diff|':>12}", file=file)
+    print(f"{mo:>13.2f}{mb:>13.2f}{mb / mo:>9.1f}x{diff:>12.2e}", file=file)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ofa-fast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +180,7 @@ def main(argv=None):
             if v < 1:
                 parser.error(f"--{name} = {v}: must be >= 1")
         demo(args.batch, args.channels, args.size, args.kernel_sizes, args.repeat)
+        demo_layer(args.batch, args.size, args.repeat)
     return 0
 
 

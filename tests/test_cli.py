@@ -1,4 +1,5 @@
 """`ofa-fast info` / `python -m ofa_fast info` and the demo."""
+import importlib.util
 import subprocess
 import sys
 
@@ -31,6 +32,10 @@ def test_demo_runs_and_reports_each_backend(capsys):
     assert "speed-up" in out
     rows = [line for line in out.splitlines() if line.startswith("cpu ")]
     assert len(rows) == 2 * (1 if "cpu" in ofa_fast.usable_backends("cpu") else 0)
+    if importlib.util.find_spec("ofa") is not None:
+        assert "ofa_fast.patch() swapped 11 modules" in out
+        speed_up, diff = out.strip().splitlines()[-1].split()[-2:]
+        assert float(diff) < 1e-4
 
 
 def test_demo_rejects_bad_arguments(capsys):

@@ -148,8 +148,7 @@ class My2DLayer(_OrderedOpsMixin, MyModule):
                  ops_order="weight_bn_act"):
         super().__init__()
         name = type(self).__name__
-        _check_int(name, "in_channels", in_channels)
-        _check_int(name, "out_channels", out_channels)
+        self._check_channels(in_channels, out_channels, use_bn)
         _check_dropout(name, dropout_rate)
         _check_act(name, act_func)
         ops = _ops_list(name, ops_order)
@@ -165,6 +164,10 @@ class My2DLayer(_OrderedOpsMixin, MyModule):
         act = build_activation(act_func, ops[0] != "act" and bool(use_bn))
         dropout = nn.Dropout2d(dropout_rate, inplace=True) if dropout_rate > 0 else None
         self._add_ops(bn, act, dropout, self.weight_op())
+
+    def _check_channels(self, in_channels, out_channels, use_bn):
+        _check_int(type(self).__name__, "in_channels", in_channels)
+        _check_int(type(self).__name__, "out_channels", out_channels)
 
     def weight_op(self):
         """OrderedDict of the weight modules (or None for no weight op)."""
@@ -260,11 +263,25 @@ class ConvLayer(My2DLayer):
 
 
 class IdentityLayer(My2DLayer):
-    """No weight op: optional bn and activation only (a dropout_rate is ignored, as in OFA)."""
+    """No weight op: optional bn and activation only (a dropout_rate is ignored, as in OFA).
+
+    Without bn, in_channels / out_channels may also be lists of ints, kept as given: OFA's
+    published net configs (its model zoo's specialized nets) write them as [24]."""
 
     def __init__(self, in_channels, out_channels, use_bn=False, act_func=None, dropout_rate=0,
                  ops_order="weight_bn_act"):
         super().__init__(in_channels, out_channels, use_bn, act_func, dropout_rate, ops_order)
+
+    def _check_channels(self, in_channels, out_channels, use_bn):
+        name = type(self).__name__
+        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(value, list) and not use_bn:
+                if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                    for v in value):
+                    raise ValueError(f"{name}: {arg} = {value!r} is not allowed; it must be an int "
+                                     ">= 1 (or, without bn, a non-empty list of them)")
+            else:
+                _check_int(name, arg, value)
 
     def weight_op(self):
         return None
@@ -543,7 +560,8 @@ class ResidualBlock(MyModule):
 
     @staticmethod
     def build_from_config(config):
-        config = _config_args(ResidualBlock, config)
+        # "MobileInvertedResidualBlock": OFA's older name, in its published net configs
+        config = _config_args(ResidualBlock, config, ("ResidualBlock", "MobileInvertedResidualBlock"))
         # "mobile_inverted_conv": OFA's older key, in old net configs
         conv_config = config["conv"] if "conv" in config else config.get("mobile_inverted_conv")
         return ResidualBlock(set_layer_from_config(conv_config),
