@@ -6,6 +6,7 @@
 //   kernel_transform, kernel_transform_backward                   csrc/kernel_transform/
 //   sliced_linear(_backward), pointwise_conv2d(_backward)          csrc/sliced/
 //   channel_scale(_backward) (SE's x * s, fused backward)           csrc/se/
+//   batch_norm_act(_backward) (BN + activation, CPU)                csrc/bn/
 //   autograd (Autograd key) of dwconv2d, sliced_linear, pointwise_conv2d: csrc/autograd/
 #include <torch/library.h>
 
@@ -18,6 +19,7 @@ void register_dwconv_schemas(torch::Library& m);
 void register_kernel_transform_schemas(torch::Library& m);
 void register_sliced_schemas(torch::Library& m);
 void register_se_schemas(torch::Library& m);
+void register_bn_schemas(torch::Library& m);
 }  // namespace ofa_fast
 
 TORCH_LIBRARY(ofa_fast, m) {
@@ -25,6 +27,7 @@ TORCH_LIBRARY(ofa_fast, m) {
   ofa_fast::register_kernel_transform_schemas(m);
   ofa_fast::register_sliced_schemas(m);
   ofa_fast::register_se_schemas(m);
+  ofa_fast::register_bn_schemas(m);
 }
 
 #ifdef OFA_FAST_PYTHON_MODULE  // setup.py's build; the CMake build is a plain op library

@@ -74,7 +74,7 @@ def test_fusion_switch_restores():
     assert ofa_fast.nn.fusion_enabled()
 
 
-def test_eval_fusion_skips_the_bn_pass():
+def test_fusion_skips_the_bn_modules():
     layer, active, in_ch = layers()["mbconv_se"]
     layer.eval()
     seen = []
@@ -88,7 +88,7 @@ def test_eval_fusion_skips_the_bn_pass():
     x = torch.randn(1, in_ch, 8, 8)
     with torch.no_grad():
         layer(x)
-        assert len(seen) == 1  # only the depthwise conv's BN runs as a module
+        assert len(seen) == 0  # pointwise BNs folded, the depthwise BN fused with its act
         seen.clear()
         with fusion(False):
             layer(x)

@@ -53,15 +53,25 @@ def run(net, x, train):
     return y.detach(), x.grad, grads, {n: b.clone() for n, b in net.named_buffers()}
 
 
+def close(a, b, what, tol=1e-8):
+    """max |a - b| relative to max |b|: a deep net in train mode with a batch of one or
+    two amplifies float64 rounding through its BN layers (ofa_fast's fused BN + act sums
+    in another order than PyTorch's BN), so elementwise tolerances would be arbitrary."""
+    assert a.shape == b.shape, what
+    scale = max(b.abs().max().item(), 1e-6) if b.numel() else 1.0
+    err = (a.double() - b.double()).abs().max().item() / scale if b.numel() else 0.0
+    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
+
+
 def assert_same(a, b):
     (ya, gxa, gpa, ba), (yb, gxb, gpb, bb) = a, b
-    torch.testing.assert_close(ya, yb, **TOL)
-    torch.testing.assert_close(gxa, gxb, **TOL)
+    close(ya, yb, "output")
+    close(gxa, gxb, "grad of the input")
     assert gpa.keys() == gpb.keys()
     for n in gpa:
-        torch.testing.assert_close(gpa[n], gpb[n], **TOL, msg=lambda m: f"grad of {n}: {m}")
+        close(gpa[n], gpb[n], f"grad of {n}")
     for n in ba:
-        torch.testing.assert_close(ba[n].double(), bb[n].double(), **TOL, msg=lambda m: f"{n}: {m}")
+        close(ba[n], bb[n], n)
 
 
 @pytest.mark.parametrize("build,settings", [
@@ -114,7 +124,7 @@ def test_optimizer_built_before_patch_keeps_working():
             model(x).square().mean().backward()
             opt_.step()
     for (n, a), (_, b) in zip(ref.state_dict().items(), net.state_dict().items()):
-        torch.testing.assert_close(a.double(), b.double(), **TOL, msg=lambda m: f"{n}: {m}")
+        close(b, a, n)
 
 
 def test_patch_is_idempotent_and_unpatch_restores():

@@ -137,10 +137,87 @@ at::Tensor channel_scale_autograd(const at::Tensor& x, const at::Tensor& scale) 
   return ChannelScaleFunction::apply(x, scale);
 }
 
+// ---- batch norm + activation (CPU): (x, weight?, bias?, running_mean?, running_var?,
+//      training, eps, activation) -> (y, mean, invstd) ------------------------------------
+
+using BnFwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, double,
+    c10::string_view);
+using BnBwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, bool, c10::string_view,
+    std::array<bool, 3>);
+
+std::optional<at::Tensor> present(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t : std::nullopt;
+}
+
+struct BatchNormActFunction : public torch::autograd::Function<BatchNormActFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias,
+                               const std::optional<at::Tensor>& running_mean,
+                               const std::optional<at::Tensor>& running_var, bool training,
+                               double eps, c10::string_view activation) {
+    static const auto op = op_handle<BnFwd>("ofa_fast::batch_norm_act");
+    at::Tensor y, mean, invstd;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(y, mean, invstd) = op.call(x, weight, bias, running_mean, running_var, training,
+                                          eps, activation);
+    }
+    const bool has_w = present(weight).has_value(), has_b = present(bias).has_value();
+    ctx->saved_data["has_weight"] = has_w;
+    ctx->saved_data["has_bias"] = has_b;
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->save_for_backward({x, has_w ? *weight : at::Tensor(), has_b ? *bias : at::Tensor(), mean,
+                            invstd});
+    ctx->mark_non_differentiable({mean, invstd});
+    return {y, mean, invstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<BnBwd>("ofa_fast::batch_norm_act_backward");
+    const auto saved = ctx->get_saved_variables();
+    const bool has_w = ctx->saved_data["has_weight"].toBool();
+    const bool has_b = ctx->saved_data["has_bias"].toBool();
+    // edges: x, then weight and bias when given (running statistics follow, never needed)
+    const size_t w_edge = 1, b_edge = has_w ? 2 : 1;
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
+                                      has_w && ctx->needs_input_grad(w_edge),
+                                      has_b && ctx->needs_input_grad(b_edge)};
+    variable_list out(8);
+    if (!mask[0] && !mask[1] && !mask[2]) return out;
+    const auto opt = [](const at::Tensor& t) {
+      return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+    };
+    const std::string act = ctx->saved_data["activation"].toStringRef();
+    auto [gx, gw, gb] = op.call(grads[0], saved[0], opt(saved[1]), opt(saved[2]), saved[3], saved[4],
+                                ctx->saved_data["training"].toBool(), act, mask);
+    out[0] = grad_or_undefined(mask[0], gx);
+    out[1] = grad_or_undefined(mask[1], gw);
+    out[2] = grad_or_undefined(mask[2], gb);
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_autograd(
+    const at::Tensor& x, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool training, double eps,
+    c10::string_view activation) {
+  auto out = BatchNormActFunction::apply(x, weight, bias, running_mean, running_var, training, eps,
+                                         activation);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 }  // namespace ofa_fast
 
 TORCH_LIBRARY_IMPL(ofa_fast, Autograd, m) {
+  m.impl("batch_norm_act", &ofa_fast::batch_norm_act_autograd);
   m.impl("channel_scale", &ofa_fast::channel_scale_autograd);
   m.impl("sliced_linear", &ofa_fast::sliced_linear_autograd);
   m.impl("pointwise_conv2d", &ofa_fast::pointwise_conv2d_autograd);

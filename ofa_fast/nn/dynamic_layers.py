@@ -33,10 +33,9 @@ from .layers import (
     LinearLayer,
     MBConvLayer,
     ResNetBottleneckBlock,
-    _seq_forward,
     set_layer_from_config,
 )
-from .fused import conv_bn_act
+from .fused import bn_act, conv_bn_act
 from .utils import (
     MyModule,
     MyNetwork,
@@ -304,7 +303,10 @@ class DynamicMBConvLayer(MyModule):
         if self.inverted_bottleneck is not None:
             ib = self.inverted_bottleneck
             x = conv_bn_act(ib.conv, ib.bn, getattr(ib, "act", None), x, ib.conv.active_out_channel)
-        x = _seq_forward(self.depth_conv, x)
+        dc = self.depth_conv
+        x = bn_act(dc.bn, getattr(dc, "act", None), dc.conv(x))
+        if getattr(dc, "se", None) is not None:
+            x = dc.se(x)
         pl = self.point_linear
         return conv_bn_act(pl.conv, pl.bn, None, x, self.active_out_channel)
 
@@ -618,7 +620,7 @@ class DynamicResNetBottleneckBlock(MyModule):
             residual = ds(x)
         x = conv_bn_act(self.conv1.conv, self.conv1.bn, getattr(self.conv1, "act", None), x,
                         feature_dim)
-        x = _seq_forward(self.conv2, x)
+        x = bn_act(self.conv2.bn, getattr(self.conv2, "act", None), self.conv2.conv(x))
         x = conv_bn_act(self.conv3.conv, self.conv3.bn, None, x, self.active_out_channel)
         x = x + residual
         return self.final_act(x) if self.final_act is not None else x

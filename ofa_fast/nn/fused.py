@@ -1,18 +1,25 @@
-"""Eval-mode fusion of conv + batch norm (+ activation), used by the dynamic layers.
+"""Fusions used by the dynamic layers.
 
-In eval mode (running statistics), BN is an affine map per channel, so a 1x1 conv
-followed by BN is one GEMM with a folded weight and a bias:
+Eval mode (running statistics): BN is an affine map per channel, so a 1x1 conv followed
+by BN is one GEMM with a folded weight and a bias:
 
     BN(W x) = (s * W) x + (beta - s * mean),   s = gamma / sqrt(var + eps)
 
 The folded [out, in] weight is computed data (small: one scale per row of the active
-block, which is read in place); the activation then runs in place on the GEMM's output.
-That removes a full read and write of the activation per layer (the BN pass). The math
-is the same function (autograd flows through the fold), rounded differently only at
-the float level. Training-mode BN (batch statistics, running-statistics updates, OFA's
-SET_RUNNING_STATISTICS) is never fused.
+block, which is read in place); under no_grad the activation then runs on each GEMM
+block while it is in cache (ops.pointwise_conv2d_act). That removes the BN pass and the
+activation pass over the layer's output.
 
-    with ofa_fast.nn.fusion(False): ...   # switch it off (benchmarks compare both)
+Training (and eval after a depthwise conv): BN + activation run as one op
+(ops.batch_norm_act, CPU), which saves a read and a write of the tensor forward and two
+reads and a write backward. Running statistics are updated in place exactly as
+F.batch_norm would. OFA's SET_RUNNING_STATISTICS mode (full-size BN for recalibration)
+is never fused.
+
+Every fusion is the same function (autograd flows through it), rounded differently
+only at the float level.
+
+    with ofa_fast.nn.fusion(False): ...   # switch them off (benchmarks compare both)
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ import torch.nn.functional as F
 from .. import ops
 from .utils import Hswish
 
-__all__ = ["fusion", "fusion_enabled", "conv_bn_act"]
+__all__ = ["fusion", "fusion_enabled", "conv_bn_act", "bn_act"]
 
 _enabled = True
 
@@ -93,5 +100,26 @@ def conv_bn_act(conv, bn, act, x, out_channels):
                 return y
         y = ops.pointwise_conv2d(x, folded, shift, n, conv.stride, op=type(conv).__name__)
         return _act_(act, y)
-    y = bn(conv(x, out_channels))
+    return bn_act(bn, act, conv(x, out_channels))
+
+
+def _set_running_statistics(bn):
+    from .dynamic_op import _ofa_set_running_statistics
+
+    return type(bn).SET_RUNNING_STATISTICS or _ofa_set_running_statistics()
+
+
+def bn_act(bn, act, x):
+    """act(bn(x)) for a DynamicBatchNorm2d `bn` (act may be None): one op when fusion is
+    on and the op applies (CPU, float32/64, a known activation), else the two modules."""
+    kind = _ACT_KIND.get(type(act)) if act is not None else "none"
+    if kind is None and act is not None and type(act).__module__.startswith("ofa.") \
+            and type(act).__name__ == "Hswish":
+        kind = "h_swish"  # OFA's own module (a model not switched by ofa_fast.patch)
+    if (_enabled and kind is not None and kind != "none" and hasattr(bn, "bn")
+            and not _set_running_statistics(bn)):
+        y = ops.batch_norm_act(x, bn.bn, kind)
+        if y is not None:
+            return y
+    y = bn(x)
     return act(y) if act is not None else y

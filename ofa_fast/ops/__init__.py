@@ -7,6 +7,7 @@ from .. import backend as _backend
 from . import dwconv as _dwconv_mod
 from . import kernel_transform as _kernel_transform_mod
 from . import linear as _linear_mod
+from .batch_norm_act import batch_norm_act
 from .channel_scale import channel_scale
 from .dwconv import check_dwconv_args, dwconv2d, dwconv2d_reference
 from .elastic_dwconv import elastic_dwconv2d, transform_chain
@@ -19,6 +20,7 @@ if _backend._why_unusable("triton", None) is None:
     _linear_mod._register_triton()
 
 __all__ = [
+    "batch_norm_act",
     "channel_scale",
     "check_dwconv_args",
     "dwconv2d",
