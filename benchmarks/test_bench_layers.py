@@ -2,7 +2,8 @@
 resolution): ofa_fast's layer against its `ofa` twin (same config, same weights, same
 active setting), forward (eval mode, as in subnet validation) and forward + backward
 (train mode, as in a supernet training step), in one run. `ofa_fast_unfused` is
-ofa_fast with its eval-mode fusions switched off: the gain of fusing.
+ofa_fast with its fusions switched off (ofa_fast.nn.fusion(False): eval-mode conv + BN
+folding, BN + activation, the pointwise conv's activation epilogue): the gain of fusing.
 
     pytest benchmarks/test_bench_layers.py --benchmark-only
 """
@@ -73,8 +74,6 @@ def cases():
     for name in LAYERS:
         for mode in ("fwd", "fwdbwd"):
             for impl in IMPLS:
-                if impl == "ofa_fast_unfused" and mode != "fwd":
-                    continue  # the fusions are eval-mode ones
                 yield pytest.param(name, mode, impl, id=f"{name}-{mode}-{impl}".replace(" ", "_"))
 
 

@@ -17,6 +17,7 @@ convolution in float64 runs one small convolution per group inside a parallel re
 with two threads on a loaded 2-core machine that takes seconds per layer (1000x the
 single-thread time), and OFA's modules (the oracle) use it.
 """
+import contextlib
 import copy
 import glob
 import json
@@ -134,15 +135,27 @@ def run(net, x, train):
     return y.detach(), x.grad, grads, {n: b.clone() for n, b in net.named_buffers()}
 
 
+def assert_scaled_close(actual, expected, what, tol=1e-8):
+    """max|actual - expected| <= tol * max(max|expected|, 1e-3): batch norm over the few
+    pixels of the last stages (batch 1 in training) amplifies rounding differences
+    elementwise, not at the tensor's scale; gradients that are zero in exact math
+    (a BN bias before another training-mode BN) come out as rounding noise."""
+    assert actual.shape == expected.shape, what
+    err = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
+    scale = max(expected.double().abs().max().item() if expected.numel() else 0.0, 1e-3)
+    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} x max|expected| {scale:.3g}"
+
+
 def assert_same_run(a, b):
     (ya, gxa, gpa, ba), (yb, gxb, gpb, bb) = a, b
-    torch.testing.assert_close(ya, yb, **TOL)
-    torch.testing.assert_close(gxa, gxb, **TOL)
+    assert_scaled_close(ya, yb, "logits")
+    assert_scaled_close(gxa, gxb, "input gradient")
     assert gpa.keys() == gpb.keys()
     for n in gpa:
-        torch.testing.assert_close(gpa[n], gpb[n], **TOL, msg=lambda m: f"grad of {n}: {m}")
+        assert_scaled_close(gpa[n], gpb[n], f"gradient of {n}")
+    assert ba.keys() == bb.keys()
     for n in ba:
-        torch.testing.assert_close(ba[n].double(), bb[n].double(), **TOL, msg=lambda m: f"{n}: {m}")
+        assert_scaled_close(ba[n], bb[n], n)
 
 
 def ofa_active_net_config(net):
@@ -163,8 +176,8 @@ def max_min_settings(net):
 
 
 def ofa_count(net, image_size):
-    """OFA's MAC counter (batch-1 float32 forward with hooks) on a float32 copy."""
-    return ofa_utils.count_net_flops(copy.deepcopy(net).float(), (1, 3, image_size, image_size))
+    """OFA's MAC counter (a batch-1 float32 forward with hooks, on a copy)."""
+    return ofa_utils.count_net_flops(net, (1, 3, image_size, image_size))
 
 
 def assert_counts(ours_macs, ofa_macs):
@@ -225,37 +238,48 @@ def test_supernet_subnets_match_ofa(kind):
         batch = 1 + i % 2
         for train in (True, False):
             assert_same_run(run(ours, x[:batch], train), run(theirs, x[:batch], train))
-        check_active_subnet(theirs, ours, net_config, x[:batch])
+        check_active_subnet(theirs, ours, x[:batch], without_weights=i == 0)
+    # the net config builds the subnet (block configs gain MBConvLayer's "groups": None)
+    built = type(ours).__mro__[2].build_from_config(net_config) if kind != "resnets" else \
+        N.ResNets.build_from_config(net_config)
+    sub = ours.get_active_subnet()
+    assert built.config == sub.config and list(built.state_dict()) == list(sub.state_dict())
 
 
-def check_active_subnet(theirs, ours, net_config, x):
+@contextlib.contextmanager
+def kept_buffers(net):
+    """Restores the running statistics a training-mode forward moves."""
+    saved = [b.clone() for b in net.buffers()]
+    try:
+        yield net
+    finally:
+        with torch.no_grad():
+            for b, v in zip(net.buffers(), saved):
+                b.copy_(v)
+
+
+def check_active_subnet(theirs, ours, x, without_weights=False):
     """get_active_subnet: our static class; the config and weights of OFA's subnet;
     the supernet's output; MACs and parameters as OFA's counters count them."""
     sub = ours.get_active_subnet(preserve_weight=True)
     assert type(sub) is getattr(N, type(theirs).__mro__[1].__name__)
-    built = type(sub).build_from_config(net_config)  # (block configs gain "groups": None)
-    assert sub.config == built.config and sub.module_str == built.module_str
-    assert list(sub.state_dict()) == list(built.state_dict())
     sub_t = theirs.get_active_subnet(preserve_weight=True)
     assert sub.config == sub_t.config
     assert sub.module_str == sub_t.module_str
     # OFA copies into float32 layers (its subnet of a float64 supernet is partly
-    # float32); ours keeps the dtype: equal once rounded alike
-    # (the supernets' running statistics went through different kernels: not bitwise)
+    # float32); ours keeps the dtype. (The supernets' running statistics went through
+    # different kernels: equal to rounding.)
     assert all(p.dtype == torch.float64 for p in sub.parameters())
     assert_same_state(sub, sub_t, exact=False)
-    for train in (False, True):
-        fresh = copy.deepcopy(sub)
-        ours.train(train)
-        fresh.train(train)
-        torch.testing.assert_close(fresh(x), ours(x), **TOL)
-    bare = ours.get_active_subnet(preserve_weight=False)
-    assert bare.config == sub.config and list(bare.state_dict()) == list(sub.state_dict())
-    # MACs and parameters: OFA's counters on the extracted subnets (OFA's and ours)
-    for size in (32, H):
-        theirs_macs = ofa_count(sub_t, size)
-        assert_counts(ours.active_macs(size), theirs_macs)
-        assert ofa_count(sub, size) == theirs_macs
+    with kept_buffers(ours):
+        for train in (False, True):
+            assert_scaled_close(sub.train(train)(x), ours.train(train)(x), f"subnet, train={train}")
+    if without_weights:
+        bare = ours.get_active_subnet(preserve_weight=False)
+        assert bare.config == sub.config and list(bare.state_dict()) == list(sub.state_dict())
+    # MACs and parameters: OFA's counters on OFA's extracted subnet
+    size = x.shape[-1]
+    assert_counts(ours.active_macs(size), ofa_count(sub_t.float(), size))
     assert ours.active_params() == ofa_utils.count_parameters(sub_t) == ofa_utils.count_parameters(sub)
 
 
@@ -264,15 +288,15 @@ def test_active_macs_at_224():
     random.seed(3)
     ours.sample_active_subnet()
     sub = ours.get_active_subnet()
-    assert_counts(ours.active_macs(224), ofa_count(sub, 224))
+    assert_counts(ours.active_macs(224), ofa_count(sub.float(), 224))
     assert ours.active_macs((224, 160)) == counting.net_config_macs(sub.config, (224, 160))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_re_organize_middle_weights_matches_ofa(kind):
     theirs, ours = twins(kind)
-    stages = len(ours.expand_ratio_list)
-    for stage in (0, stages - 1):
+    last = len(ours.expand_ratio_list) - 1
+    for stage in ((last,) if kind == "resnets" else (0, last)):  # (resnets: slow to copy)
         t, o = copy.deepcopy(theirs), copy.deepcopy(ours)
         t.re_organize_middle_weights(expand_ratio_stage=stage)
         o.re_organize_middle_weights(expand_ratio_stage=stage)
@@ -295,40 +319,45 @@ def _old_keys(state_dict, resnets):
     return old
 
 
+def blank(net):
+    """net with every parameter and buffer zeroed (what a load must then fill in)."""
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            t.zero_()
+    return net
+
+
 @pytest.mark.parametrize("kind", ["mbv3_w1.0", "resnets"])
 def test_loads_ofa_checkpoints(kind, tmp_path):
     theirs, ours = twins(kind)
-    cls_name, kwargs = SUPERNETS[kind]
-    path = tmp_path / "checkpoint.pth.tar"
-    torch.save({"state_dict": theirs.state_dict()}, path)
-    fresh = getattr(N, cls_name)(**kwargs).double()
-    fresh.load_state_dict(torch.load(path, map_location="cpu")["state_dict"])
-    assert_same_state(fresh, theirs)
+    if kind != "resnets":  # a checkpoint file as OFA's training writes it
+        path = tmp_path / "checkpoint.pth.tar"
+        torch.save({"state_dict": theirs.state_dict()}, path)
+        blank(ours).load_state_dict(torch.load(path, map_location="cpu")["state_dict"])
+        assert_same_state(ours, theirs)
 
     # older key names: OFA renames them on load, and so do we
     old = _old_keys(theirs.state_dict(), kind == "resnets")
     assert set(old) != set(theirs.state_dict())
-    fresh_t = getattr(ofa_nets, cls_name)(**kwargs).double()
-    fresh_t.load_state_dict(old)
-    fresh = getattr(N, cls_name)(**kwargs).double()
-    result = fresh.load_state_dict(old)
+    theirs_again = blank(copy.deepcopy(theirs))
+    theirs_again.load_state_dict(old)
+    assert_same_state(theirs_again, theirs)
+    result = blank(ours).load_state_dict(old)
     assert not result.missing_keys and not result.unexpected_keys
-    assert_same_state(fresh, fresh_t)
-    assert_same_state(fresh, theirs)
+    assert_same_state(ours, theirs)
 
     # entries the checkpoint lacks keep their values, as in OFA (a kernel-size-7
     # checkpoint has no kernel-transform matrices); an unknown key raises
-    partial = {k: v for k, v in theirs.state_dict().items() if not k.endswith("_matrix")}
+    drop = "_matrix" if kind != "resnets" else "classifier."
+    partial = {k: v for k, v in theirs.state_dict().items() if drop not in k}
     dropped = sorted(set(theirs.state_dict()) - set(partial))
-    fresh = getattr(N, cls_name)(**kwargs).double()
-    before = copy.deepcopy(fresh.state_dict())
-    result = fresh.load_state_dict(partial)
+    result = blank(ours).load_state_dict(partial)
     assert sorted(result.missing_keys) == dropped and not result.unexpected_keys
     for k in dropped:
-        assert torch.equal(fresh.state_dict()[k], before[k])
+        assert not ours.state_dict()[k].any()
     with pytest.raises(ValueError, match=r"match no entry of the model.*'head\.weight'"):
-        fresh.load_state_dict({**partial, "head.weight": torch.zeros(1)})
-    result = fresh.load_state_dict({**partial, "head.weight": torch.zeros(1)}, strict=False)
+        ours.load_state_dict({**partial, "head.weight": torch.zeros(1)})
+    result = ours.load_state_dict({**partial, "head.weight": torch.zeros(1)}, strict=False)
     assert result.unexpected_keys == ["head.weight"]
 
 
@@ -553,7 +582,7 @@ def test_proxyless_without_feature_mix_layer():
     assert bare.config["feature_mix_layer"] is None
     rebuilt = N.ProxylessNASNets.build_from_config(bare.config)
     assert rebuilt.feature_mix_layer is None
-    assert rebuilt(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert rebuilt.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
 # ----------------------------------------------------------------------------- OFA's model zoo

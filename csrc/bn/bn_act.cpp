@@ -24,6 +24,7 @@
 #include <array>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_vec.h"
@@ -31,7 +32,6 @@
 namespace ofa_fast {
 namespace {
 
-using cpu::Vec;
 using cpu::kLanes;
 
 enum class Act { kNone, kRelu, kRelu6, kHswish };
@@ -45,26 +45,24 @@ Act parse_act(c10::string_view s, const char* op) {
               "relu6, h_swish");
 }
 
-template <typename T>
-OFA_INLINE T act_fwd(Act a, T z) {
-  switch (a) {
-    case Act::kRelu: return z > T(0) ? z : T(0);
-    case Act::kRelu6: return std::min(std::max(z, T(0)), T(6));
-    case Act::kHswish: return z * std::min(std::max(z + T(3), T(0)), T(6)) / T(6);
-    default: return z;
-  }
+// The activation and its derivative, branch-free (selects) so the loops vectorize:
+// d act / dz as autograd of nn.ReLU (threshold: z > 0), nn.ReLU6 (hardtanh: 0 < z < 6)
+// and F.hardswish (z <= -3: 0; z < 3: z / 3 + 1/2; else 1).
+template <Act A, typename T>
+OFA_INLINE T act_fwd(T z) {
+  if constexpr (A == Act::kRelu) return z > T(0) ? z : T(0);
+  else if constexpr (A == Act::kRelu6) return std::min(std::max(z, T(0)), T(6));
+  else if constexpr (A == Act::kHswish) return z * std::min(std::max(z + T(3), T(0)), T(6)) / T(6);
+  else return z;
 }
 
-// d act / dz, as autograd of nn.ReLU (threshold: z > 0), nn.ReLU6 (hardtanh: 0 < z < 6)
-// and F.hardswish (z <= -3: 0; z < 3: z / 3 + 1/2; else 1)
-template <typename T>
-OFA_INLINE T act_grad(Act a, T z) {
-  switch (a) {
-    case Act::kRelu: return z > T(0) ? T(1) : T(0);
-    case Act::kRelu6: return (z > T(0) && z < T(6)) ? T(1) : T(0);
-    case Act::kHswish: return z <= T(-3) ? T(0) : (z < T(3) ? z / T(3) + T(0.5) : T(1));
-    default: return T(1);
-  }
+template <Act A, typename T>
+OFA_INLINE T act_grad(T z) {
+  if constexpr (A == Act::kRelu) return z > T(0) ? T(1) : T(0);
+  else if constexpr (A == Act::kRelu6) return (z > T(0) && z < T(6)) ? T(1) : T(0);
+  else if constexpr (A == Act::kHswish)
+    return z <= T(-3) ? T(0) : (z < T(3) ? z / T(3) + T(0.5) : T(1));
+  else return T(1);
 }
 
 at::MemoryFormat format_of(const at::Tensor& x) {
@@ -73,195 +71,277 @@ at::MemoryFormat format_of(const at::Tensor& x) {
   return x.suggest_memory_format();
 }
 
-// Sum over the pixels of channel c of f(pixel value(s)), NCHW: N planes of P values.
-template <typename T, typename F>
-OFA_INLINE T plane_sum(int64_t N, int64_t P, int64_t C, int64_t c, F&& f) {
-  constexpr int L = kLanes<T>;
-  T total = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t base = (n * C + c) * P;
-    Vec<T, L> acc = Vec<T, L>::zero();
-    int64_t i = 0;
-    for (; i + L <= P; i += L) acc.add(f.vec(base + i));
-    T tail = 0;
-    for (; i < P; ++i) tail += f(base + i);
-    total += acc.sum() + tail;
-  }
-  return total;
-}
-
 // ---- forward -------------------------------------------------------------------------
 
+// ---- kernels ---------------------------------------------------------------------------
+// Range kernels (always inlined) do the work of a parallel_for chunk; the entry points
+// below are compiled for AVX-512, AVX2 and the baseline (OFA_CPU_MULTIVERSION) and inline
+// them, so the loops get the wide instructions. Inner loops over a fixed block of L lanes
+// keep one accumulator per lane: independent lanes, vectorized without reassociating.
+
 template <typename T>
-OFA_CPU_MULTIVERSION void stats_nchw(const T* x, int64_t N, int64_t C, int64_t P, T* mean, T* var) {
+struct BnArgs {
+  const T* x;
+  const T* g;       // grad_output (backward)
+  T* out;           // y (forward) or grad_x (backward)
+  const T* scale;   // weight * invstd
+  const T* shift;   // bias - mean * scale
+  const T* mean;
+  const T* k1;      // backward: grad_x = dz * k1 - (x - mean) * k2 - k3
+  const T* k2;
+  const T* k3;
+  T* acc;           // per-part partial sums
+  int64_t N, C, P, rows_per_part;
+};
+
+// NCHW statistics of channels [b, e): mean, then the centred sum of squares
+template <typename T>
+OFA_INLINE void stats_nchw_range(const BnArgs<T>& a, T* mean, T* var, int64_t b, int64_t e) {
   constexpr int L = kLanes<T>;
-  const T M = T(N * P);
-  at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      struct Sum {
-        const T* x;
-        Vec<T, L> vec(int64_t i) const { return Vec<T, L>::load(x + i); }
-        T operator()(int64_t i) const { return x[i]; }
-      };
-      const T m = plane_sum<T>(N, P, C, c, Sum{x}) / M;
-      struct Sq {
-        const T* x; T m;
-        Vec<T, L> vec(int64_t i) const {
-          Vec<T, L> d = Vec<T, L>::load(x + i);
-          d.v -= m;
-          d.v *= d.v;
-          return d;
-        }
-        T operator()(int64_t i) const { return (x[i] - m) * (x[i] - m); }
-      };
-      mean[c] = m;
-      var[c] = plane_sum<T>(N, P, C, c, Sq{x, m}) / M;
+  const T M = T(a.N * a.P);
+  for (int64_t c = b; c < e; ++c) {
+    T acc[L] = {};
+    T tail = 0;
+    for (int64_t n = 0; n < a.N; ++n) {
+      const T* xp = a.x + (n * a.C + c) * a.P;
+      int64_t i = 0;
+      for (; i + L <= a.P; i += L)
+        for (int j = 0; j < L; ++j) acc[j] += xp[i + j];
+      for (; i < a.P; ++i) tail += xp[i];
     }
-  });
-}
-
-template <typename T>
-OFA_CPU_MULTIVERSION void stats_rows(const T* x, int64_t R, int64_t C, T* mean, T* var) {
-  // rows split over threads, each with its own per-channel sums, combined in order
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), R / 64));
-  const int64_t per = (R + threads - 1) / threads;
-  std::vector<T> part(threads * C, T(0));
-  auto pass = [&](bool centred) {
-    std::fill(part.begin(), part.end(), T(0));
-    at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        T* acc = part.data() + t * C;
-        for (int64_t r = t * per; r < std::min(R, (t + 1) * per); ++r) {
-          const T* xr = x + r * C;
-          if (centred)
-            for (int64_t c = 0; c < C; ++c) acc[c] += (xr[c] - mean[c]) * (xr[c] - mean[c]);
-          else
-            for (int64_t c = 0; c < C; ++c) acc[c] += xr[c];
-        }
-      }
-    });
-    T* out = centred ? var : mean;
-    for (int64_t c = 0; c < C; ++c) {
-      T s = 0;
-      for (int64_t t = 0; t < threads; ++t) s += part[t * C + c];
-      out[c] = s / T(R);
+    for (int j = 0; j < L; ++j) tail += acc[j];
+    const T m = tail / M;
+    T acc2[L] = {};
+    T tail2 = 0;
+    for (int64_t n = 0; n < a.N; ++n) {
+      const T* xp = a.x + (n * a.C + c) * a.P;
+      int64_t i = 0;
+      for (; i + L <= a.P; i += L)
+        for (int j = 0; j < L; ++j) acc2[j] += (xp[i + j] - m) * (xp[i + j] - m);
+      for (; i < a.P; ++i) tail2 += (xp[i] - m) * (xp[i] - m);
     }
-  };
-  pass(false);
-  pass(true);
-}
-
-template <typename T>
-OFA_CPU_MULTIVERSION void apply_fwd(const T* x, T* y, const T* scale, const T* shift, int64_t N,
-                                    int64_t C, int64_t P, bool rows, Act a) {
-  if (rows) {
-    at::parallel_for(0, N * P, std::max<int64_t>(1, 8192 / C), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r)
-        for (int64_t c = 0; c < C; ++c) y[r * C + c] = act_fwd(a, x[r * C + c] * scale[c] + shift[c]);
-    });
-    return;
+    for (int j = 0; j < L; ++j) tail2 += acc2[j];
+    mean[c] = m;
+    var[c] = tail2 / M;
   }
-  at::parallel_for(0, N * C, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)),
-                   [&](int64_t b, int64_t e) {
-    for (int64_t q = b; q < e; ++q) {
-      const T k = scale[q % C], s = shift[q % C];
-      const T* xp = x + q * P;
-      T* yp = y + q * P;
-      for (int64_t i = 0; i < P; ++i) yp[i] = act_fwd(a, xp[i] * k + s);
-    }
-  });
 }
 
-// ---- backward ------------------------------------------------------------------------
-// z = x * scale + shift (the pre-activation), dz = g * act'(z), x_hat = (x - mean) * invstd
-
+// channels_last statistics: part t sums its rows into acc[t * C ...] (centred: around mean)
 template <typename T>
-OFA_CPU_MULTIVERSION void sums_bwd(const T* g, const T* x, const T* scale, const T* shift,
-                                   const T* mean, const T* invstd, int64_t N, int64_t C, int64_t P,
-                                   bool rows, Act a, T* sum_dz, T* sum_dz_xhat) {
+OFA_INLINE void stats_rows_range(const BnArgs<T>& a, bool centred, int64_t b, int64_t e) {
+  const int64_t R = a.N * a.P, C = a.C;
+  for (int64_t t = b; t < e; ++t) {
+    T* acc = a.acc + t * C;
+    for (int64_t r = t * a.rows_per_part; r < std::min(R, (t + 1) * a.rows_per_part); ++r) {
+      const T* xr = a.x + r * C;
+      if (centred)
+        for (int64_t c = 0; c < C; ++c) acc[c] += (xr[c] - a.mean[c]) * (xr[c] - a.mean[c]);
+      else
+        for (int64_t c = 0; c < C; ++c) acc[c] += xr[c];
+    }
+  }
+}
+
+template <Act A, typename T>
+OFA_INLINE void fwd_range(const BnArgs<T>& a, bool rows, int64_t b, int64_t e) {
+  const int64_t C = a.C, P = a.P;
   if (rows) {
-    const int64_t R = N * P;
-    const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), R / 64));
-    const int64_t per = (R + threads - 1) / threads;
-    std::vector<T> part(threads * 2 * C, T(0));
-    at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        T* s1 = part.data() + t * 2 * C;
-        T* s2 = s1 + C;
-        for (int64_t r = t * per; r < std::min(R, (t + 1) * per); ++r) {
-          const T* gr = g + r * C;
-          const T* xr = x + r * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const T dz = gr[c] * act_grad(a, xr[c] * scale[c] + shift[c]);
-            s1[c] += dz;
-            s2[c] += dz * (xr[c] - mean[c]);
-          }
-        }
-      }
-    });
-    for (int64_t c = 0; c < C; ++c) {
-      T s1 = 0, s2 = 0;
-      for (int64_t t = 0; t < threads; ++t) {
-        s1 += part[t * 2 * C + c];
-        s2 += part[t * 2 * C + C + c];
-      }
-      sum_dz[c] = s1;
-      sum_dz_xhat[c] = s2 * invstd[c];
+    for (int64_t r = b; r < e; ++r) {
+      const T* xr = a.x + r * C;
+      T* yr = a.out + r * C;
+      for (int64_t c = 0; c < C; ++c) yr[c] = act_fwd<A>(xr[c] * a.scale[c] + a.shift[c]);
     }
     return;
   }
-  at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      const T k = scale[c], s = shift[c], m = mean[c];
-      T s1 = 0, s2 = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t base = (n * C + c) * P;
-        for (int64_t i = 0; i < P; ++i) {
-          const T xv = x[base + i];
-          const T dz = g[base + i] * act_grad(a, xv * k + s);
-          s1 += dz;
-          s2 += dz * (xv - m);
-        }
-      }
-      sum_dz[c] = s1;
-      sum_dz_xhat[c] = s2 * invstd[c];
-    }
-  });
+  for (int64_t q = b; q < e; ++q) {
+    const T k = a.scale[q % C], s = a.shift[q % C];
+    const T* xp = a.x + q * P;
+    T* yp = a.out + q * P;
+    for (int64_t i = 0; i < P; ++i) yp[i] = act_fwd<A>(xp[i] * k + s);
+  }
 }
 
-// gx = dz * w_invstd - (x - mean) * coef - offset, per channel constants precomputed
-template <typename T>
-OFA_CPU_MULTIVERSION void apply_bwd(const T* g, const T* x, const T* scale, const T* shift,
-                                    const T* mean, const T* k1, const T* k2, const T* k3,
-                                    int64_t N, int64_t C, int64_t P, bool rows, Act a, T* gx) {
+// z = x * scale + shift (the pre-activation), dz = g * act'(z): sums of dz and of
+// dz * (x - mean) per channel (NCHW: channels [b, e); rows: parts [b, e) into acc)
+template <Act A, typename T>
+OFA_INLINE void sums_range(const BnArgs<T>& a, bool rows, T* sum_dz, T* sum_dzx, int64_t b,
+                           int64_t e) {
+  const int64_t C = a.C, P = a.P;
   if (rows) {
-    at::parallel_for(0, N * P, std::max<int64_t>(1, 8192 / C), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const T* gr = g + r * C;
-        const T* xr = x + r * C;
-        T* out = gx + r * C;
+    const int64_t R = a.N * P;
+    for (int64_t t = b; t < e; ++t) {
+      T* s1 = a.acc + t * 2 * C;
+      T* s2 = s1 + C;
+      for (int64_t r = t * a.rows_per_part; r < std::min(R, (t + 1) * a.rows_per_part); ++r) {
+        const T* gr = a.g + r * C;
+        const T* xr = a.x + r * C;
         for (int64_t c = 0; c < C; ++c) {
-          const T dz = gr[c] * act_grad(a, xr[c] * scale[c] + shift[c]);
-          out[c] = dz * k1[c] - (xr[c] - mean[c]) * k2[c] - k3[c];
+          const T dz = gr[c] * act_grad<A>(xr[c] * a.scale[c] + a.shift[c]);
+          s1[c] += dz;
+          s2[c] += dz * (xr[c] - a.mean[c]);
         }
       }
+    }
+    return;
+  }
+  constexpr int L = kLanes<T>;
+  for (int64_t c = b; c < e; ++c) {
+    const T k = a.scale[c], s = a.shift[c], m = a.mean[c];
+    T a1[L] = {}, a2[L] = {};
+    T t1 = 0, t2 = 0;
+    for (int64_t n = 0; n < a.N; ++n) {
+      const T* gp = a.g + (n * C + c) * P;
+      const T* xp = a.x + (n * C + c) * P;
+      int64_t i = 0;
+      for (; i + L <= P; i += L) {
+        for (int j = 0; j < L; ++j) {
+          const T xv = xp[i + j];
+          const T dz = gp[i + j] * act_grad<A>(xv * k + s);
+          a1[j] += dz;
+          a2[j] += dz * (xv - m);
+        }
+      }
+      for (; i < P; ++i) {
+        const T dz = gp[i] * act_grad<A>(xp[i] * k + s);
+        t1 += dz;
+        t2 += dz * (xp[i] - m);
+      }
+    }
+    for (int j = 0; j < L; ++j) {
+      t1 += a1[j];
+      t2 += a2[j];
+    }
+    sum_dz[c] = t1;
+    sum_dzx[c] = t2;
+  }
+}
+
+template <Act A, typename T>
+OFA_INLINE void bwd_range(const BnArgs<T>& a, bool rows, int64_t b, int64_t e) {
+  const int64_t C = a.C, P = a.P;
+  if (rows) {
+    for (int64_t r = b; r < e; ++r) {
+      const T* gr = a.g + r * C;
+      const T* xr = a.x + r * C;
+      T* out = a.out + r * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T dz = gr[c] * act_grad<A>(xr[c] * a.scale[c] + a.shift[c]);
+        out[c] = dz * a.k1[c] - (xr[c] - a.mean[c]) * a.k2[c] - a.k3[c];
+      }
+    }
+    return;
+  }
+  for (int64_t q = b; q < e; ++q) {
+    const int64_t c = q % C;
+    const T k = a.scale[c], s = a.shift[c], m = a.mean[c], a1 = a.k1[c], a2 = a.k2[c], a3 = a.k3[c];
+    const T* gp = a.g + q * P;
+    const T* xp = a.x + q * P;
+    T* out = a.out + q * P;
+    for (int64_t i = 0; i < P; ++i) {
+      const T dz = gp[i] * act_grad<A>(xp[i] * k + s);
+      out[i] = dz * a1 - (xp[i] - m) * a2 - a3;
+    }
+  }
+}
+
+#define OFA_BN_ACT_SWITCH(act, CALL)                                  \
+  switch (act) {                                                      \
+    case Act::kRelu: { constexpr Act A = Act::kRelu; CALL; } break;   \
+    case Act::kRelu6: { constexpr Act A = Act::kRelu6; CALL; } break; \
+    case Act::kHswish: { constexpr Act A = Act::kHswish; CALL; } break; \
+    default: { constexpr Act A = Act::kNone; CALL; } break;           \
+  }
+
+#define OFA_BN_ENTRY_POINTS(T)                                                                  \
+  OFA_CPU_MULTIVERSION void stats_nchw_mv(const BnArgs<T>& a, T* mean, T* var, int64_t b,      \
+                                          int64_t e) {                                         \
+    stats_nchw_range<T>(a, mean, var, b, e);                                                    \
+  }                                                                                             \
+  OFA_CPU_MULTIVERSION void stats_rows_mv(const BnArgs<T>& a, bool centred, int64_t b, int64_t e) { \
+    stats_rows_range<T>(a, centred, b, e);                                                      \
+  }                                                                                             \
+  OFA_CPU_MULTIVERSION void fwd_mv(const BnArgs<T>& a, Act act, bool rows, int64_t b, int64_t e) { \
+    OFA_BN_ACT_SWITCH(act, (fwd_range<A, T>(a, rows, b, e)))                                    \
+  }                                                                                             \
+  OFA_CPU_MULTIVERSION void sums_mv(const BnArgs<T>& a, Act act, bool rows, T* s1, T* s2,      \
+                                    int64_t b, int64_t e) {                                    \
+    OFA_BN_ACT_SWITCH(act, (sums_range<A, T>(a, rows, s1, s2, b, e)))                           \
+  }                                                                                             \
+  OFA_CPU_MULTIVERSION void bwd_mv(const BnArgs<T>& a, Act act, bool rows, int64_t b, int64_t e) { \
+    OFA_BN_ACT_SWITCH(act, (bwd_range<A, T>(a, rows, b, e)))                                    \
+  }
+
+OFA_BN_ENTRY_POINTS(float)
+OFA_BN_ENTRY_POINTS(double)
+
+// parts for the channels_last reductions: one per thread, at least 64 rows each
+int64_t parts_of(int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / 64));
+}
+
+template <typename T>
+void stats(BnArgs<T> a, bool rows, T* mean, T* var) {
+  if (!rows) {
+    at::parallel_for(0, a.C, 1, [&](int64_t b, int64_t e) { stats_nchw_mv(a, mean, var, b, e); });
+    return;
+  }
+  const int64_t R = a.N * a.P, parts = parts_of(R);
+  a.rows_per_part = (R + parts - 1) / parts;
+  std::vector<T> part(parts * a.C);
+  a.acc = part.data();
+  a.mean = mean;
+  for (const bool centred : {false, true}) {
+    std::fill(part.begin(), part.end(), T(0));
+    at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) { stats_rows_mv(a, centred, b, e); });
+    T* out = centred ? var : mean;
+    for (int64_t c = 0; c < a.C; ++c) {
+      T s = 0;
+      for (int64_t t = 0; t < parts; ++t) s += part[t * a.C + c];
+      out[c] = s / T(R);  // written after the pass that reads it
+    }
+  }
+}
+
+template <typename T>
+void apply_fwd(const BnArgs<T>& a, Act act, bool rows) {
+  const int64_t count = rows ? a.N * a.P : a.N * a.C;
+  const int64_t per = rows ? a.C : a.P;
+  at::parallel_for(0, count, std::max<int64_t>(1, 8192 / std::max<int64_t>(per, 1)),
+                   [&](int64_t b, int64_t e) { fwd_mv(a, act, rows, b, e); });
+}
+
+template <typename T>
+void sums_bwd(BnArgs<T> a, Act act, bool rows, T* sum_dz, T* sum_dzx) {
+  if (!rows) {
+    at::parallel_for(0, a.C, 1, [&](int64_t b, int64_t e) {
+      sums_mv(a, act, rows, sum_dz, sum_dzx, b, e);
     });
     return;
   }
-  at::parallel_for(0, N * C, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)),
-                   [&](int64_t b, int64_t e) {
-    for (int64_t q = b; q < e; ++q) {
-      const int64_t c = q % C;
-      const T k = scale[c], s = shift[c], m = mean[c], a1 = k1[c], a2 = k2[c], a3 = k3[c];
-      const T* gp = g + q * P;
-      const T* xp = x + q * P;
-      T* out = gx + q * P;
-      for (int64_t i = 0; i < P; ++i) {
-        const T dz = gp[i] * act_grad(a, xp[i] * k + s);
-        out[i] = dz * a1 - (xp[i] - m) * a2 - a3;
-      }
-    }
+  const int64_t R = a.N * a.P, parts = parts_of(R);
+  a.rows_per_part = (R + parts - 1) / parts;
+  std::vector<T> part(parts * 2 * a.C, T(0));
+  a.acc = part.data();
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    sums_mv(a, act, rows, nullptr, nullptr, b, e);
   });
+  for (int64_t c = 0; c < a.C; ++c) {
+    T s1 = 0, s2 = 0;
+    for (int64_t t = 0; t < parts; ++t) {
+      s1 += part[t * 2 * a.C + c];
+      s2 += part[t * 2 * a.C + a.C + c];
+    }
+    sum_dz[c] = s1;
+    sum_dzx[c] = s2;
+  }
+}
+
+template <typename T>
+void apply_bwd(const BnArgs<T>& a, Act act, bool rows) {
+  const int64_t count = rows ? a.N * a.P : a.N * a.C;
+  const int64_t per = rows ? a.C : a.P;
+  at::parallel_for(0, count, std::max<int64_t>(1, 8192 / std::max<int64_t>(per, 1)),
+                   [&](int64_t b, int64_t e) { bwd_mv(a, act, rows, b, e); });
 }
 
 void check_vec(const std::optional<at::Tensor>& t, const at::Tensor& x, const char* name,
@@ -315,10 +395,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act(
     at::Tensor var = at::empty({C}, x.options());
     if (N * P > 0) {
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_stats", [&] {
-        if (rows) stats_rows<scalar_t>(x.data_ptr<scalar_t>(), N * P, C, mean.data_ptr<scalar_t>(),
-                                       var.data_ptr<scalar_t>());
-        else stats_nchw<scalar_t>(x.data_ptr<scalar_t>(), N, C, P, mean.data_ptr<scalar_t>(),
-                                  var.data_ptr<scalar_t>());
+        BnArgs<scalar_t> a{};
+        a.x = x.const_data_ptr<scalar_t>();
+        a.N = N, a.C = C, a.P = P;
+        stats<scalar_t>(a, rows, mean.data_ptr<scalar_t>(), var.data_ptr<scalar_t>());
       });
     }
     invstd = (var + eps).rsqrt();
@@ -329,8 +409,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act(
   if (y.numel() == 0) return {y, mean, invstd};
   auto [scale, shift] = affine_of(mean, invstd, weight, bias);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act", [&] {
-    apply_fwd<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
-                        shift.data_ptr<scalar_t>(), N, C, P, rows, a);
+    BnArgs<scalar_t> args{};
+    args.x = x.const_data_ptr<scalar_t>();
+    args.out = y.data_ptr<scalar_t>();
+    args.scale = scale.const_data_ptr<scalar_t>();
+    args.shift = shift.const_data_ptr<scalar_t>();
+    args.N = N, args.C = C, args.P = P;
+    apply_fwd<scalar_t>(args, a, rows);
   });
   return {y, mean, invstd};
 }
@@ -357,10 +442,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
   at::Tensor sum_dz = at::zeros({C}, x.options()), sum_dz_xhat = at::zeros({C}, x.options());
   if (N * P > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_sums", [&] {
-      sums_bwd<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
-                         shift.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), is.data_ptr<scalar_t>(),
-                         N, C, P, rows, a, sum_dz.data_ptr<scalar_t>(), sum_dz_xhat.data_ptr<scalar_t>());
+      BnArgs<scalar_t> args{};
+      args.x = x.const_data_ptr<scalar_t>();
+      args.g = g.const_data_ptr<scalar_t>();
+      args.scale = scale.const_data_ptr<scalar_t>();
+      args.shift = shift.const_data_ptr<scalar_t>();
+      args.mean = m.const_data_ptr<scalar_t>();
+      args.N = N, args.C = C, args.P = P;
+      sums_bwd<scalar_t>(args, a, rows, sum_dz.data_ptr<scalar_t>(),
+                         sum_dz_xhat.data_ptr<scalar_t>());
     });
+    sum_dz_xhat.mul_(is);  // sum of dz * x_hat
   }
   at::Tensor gx = input.new_empty({0});
   if (output_mask[0]) {
@@ -377,10 +469,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
     }
     if (gx.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_grad_input", [&] {
-        apply_bwd<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
-                            shift.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
-                            w_invstd.data_ptr<scalar_t>(), k2.data_ptr<scalar_t>(),
-                            k3.data_ptr<scalar_t>(), N, C, P, rows, a, gx.data_ptr<scalar_t>());
+        BnArgs<scalar_t> args{};
+        args.x = x.const_data_ptr<scalar_t>();
+        args.g = g.const_data_ptr<scalar_t>();
+        args.out = gx.data_ptr<scalar_t>();
+        args.scale = scale.const_data_ptr<scalar_t>();
+        args.shift = shift.const_data_ptr<scalar_t>();
+        args.mean = m.const_data_ptr<scalar_t>();
+        args.k1 = w_invstd.const_data_ptr<scalar_t>();
+        args.k2 = k2.const_data_ptr<scalar_t>();
+        args.k3 = k3.const_data_ptr<scalar_t>();
+        args.N = N, args.C = C, args.P = P;
+        apply_bwd<scalar_t>(args, a, rows);
       });
     }
   }

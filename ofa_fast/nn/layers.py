@@ -445,9 +445,12 @@ class MBConvLayer(MyModule):
         _check_int(name, "out_channels", out_channels)
         _check_kernel_size(name, kernel_size)
         _check_int(name, "stride", stride)
-        if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float)) \
-                or expand_ratio <= 0:
-            raise ValueError(f"{name}: expand_ratio = {expand_ratio!r} must be a positive number")
+        # None: the middle width is mid_channels alone (OFA's MobileNetV3Large builds so)
+        if not (expand_ratio is None and mid_channels is not None) and (
+                isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float))
+                or expand_ratio <= 0):
+            raise ValueError(f"{name}: expand_ratio = {expand_ratio!r} must be a positive number "
+                             "(or None, with mid_channels)")
         if mid_channels is not None:
             _check_int(name, "mid_channels", mid_channels)
         if groups is not None:
