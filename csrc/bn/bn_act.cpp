@@ -274,6 +274,18 @@ OFA_INLINE void bwd_range(const BnArgs<T>& a, bool rows, int64_t b, int64_t e) {
 OFA_BN_ENTRY_POINTS(float)
 OFA_BN_ENTRY_POINTS(double)
 
+// The pointers of an op call (undefined tensors -> nullptr) and its sizes.
+template <typename T>
+BnArgs<T> args_of(const at::Tensor& x, const at::Tensor& g, const at::Tensor& out,
+                  const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& mean) {
+  const auto in = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<T>() : nullptr; };
+  BnArgs<T> a{};
+  a.x = in(x), a.g = in(g), a.scale = in(scale), a.shift = in(shift), a.mean = in(mean);
+  a.out = out.defined() ? out.data_ptr<T>() : nullptr;
+  a.N = x.size(0), a.C = x.size(1), a.P = x.size(2) * x.size(3);
+  return a;
+}
+
 // parts for the channels_last reductions: one per thread, at least 64 rows each
 int64_t parts_of(int64_t rows) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / 64));
@@ -395,9 +407,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act(
     at::Tensor var = at::empty({C}, x.options());
     if (N * P > 0) {
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_stats", [&] {
-        BnArgs<scalar_t> a{};
-        a.x = x.const_data_ptr<scalar_t>();
-        a.N = N, a.C = C, a.P = P;
+        const auto a = args_of<scalar_t>(x, {}, {}, {}, {}, {});
         stats<scalar_t>(a, rows, mean.data_ptr<scalar_t>(), var.data_ptr<scalar_t>());
       });
     }
@@ -409,12 +419,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act(
   if (y.numel() == 0) return {y, mean, invstd};
   auto [scale, shift] = affine_of(mean, invstd, weight, bias);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act", [&] {
-    BnArgs<scalar_t> args{};
-    args.x = x.const_data_ptr<scalar_t>();
-    args.out = y.data_ptr<scalar_t>();
-    args.scale = scale.const_data_ptr<scalar_t>();
-    args.shift = shift.const_data_ptr<scalar_t>();
-    args.N = N, args.C = C, args.P = P;
+    const auto args = args_of<scalar_t>(x, {}, y, scale, shift, {});
     apply_fwd<scalar_t>(args, a, rows);
   });
   return {y, mean, invstd};
@@ -442,13 +447,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
   at::Tensor sum_dz = at::zeros({C}, x.options()), sum_dz_xhat = at::zeros({C}, x.options());
   if (N * P > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_sums", [&] {
-      BnArgs<scalar_t> args{};
-      args.x = x.const_data_ptr<scalar_t>();
-      args.g = g.const_data_ptr<scalar_t>();
-      args.scale = scale.const_data_ptr<scalar_t>();
-      args.shift = shift.const_data_ptr<scalar_t>();
-      args.mean = m.const_data_ptr<scalar_t>();
-      args.N = N, args.C = C, args.P = P;
+      const auto args = args_of<scalar_t>(x, g, {}, scale, shift, m);
       sums_bwd<scalar_t>(args, a, rows, sum_dz.data_ptr<scalar_t>(),
                          sum_dz_xhat.data_ptr<scalar_t>());
     });
@@ -469,17 +468,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
     }
     if (gx.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_grad_input", [&] {
-        BnArgs<scalar_t> args{};
-        args.x = x.const_data_ptr<scalar_t>();
-        args.g = g.const_data_ptr<scalar_t>();
-        args.out = gx.data_ptr<scalar_t>();
-        args.scale = scale.const_data_ptr<scalar_t>();
-        args.shift = shift.const_data_ptr<scalar_t>();
-        args.mean = m.const_data_ptr<scalar_t>();
+        auto args = args_of<scalar_t>(x, g, gx, scale, shift, m);
         args.k1 = w_invstd.const_data_ptr<scalar_t>();
         args.k2 = k2.const_data_ptr<scalar_t>();
         args.k3 = k3.const_data_ptr<scalar_t>();
-        args.N = N, args.C = C, args.P = P;
         apply_bwd<scalar_t>(args, a, rows);
       });
     }

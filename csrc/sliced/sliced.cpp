@@ -148,19 +148,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sliced_linear_backward(
   return {gx, gw, gb};
 }
 
-at::Tensor pointwise_conv2d(const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, int64_t out_channels) {
-  check_pointwise(input, weight, bias, out_channels, "ofa_fast.pointwise_conv2d");
+namespace {
+
+void apply_activation_(at::Tensor& t, c10::string_view act) {
+  if (act == "relu") at::relu_(t);
+  else if (act == "relu6") at::clamp_(t, 0, 6);
+  else if (act == "h_swish") at::hardswish_(t);
+}
+
+// The forward of both ops: with an activation, it runs on each GEMM's output block
+// (an image, or a chunk of pixel rows) while the block is still in cache.
+at::Tensor pointwise_forward(const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, int64_t out_channels,
+                             c10::string_view activation, const char* op) {
+  TORCH_CHECK(activation == "none" || activation == "relu" || activation == "relu6" ||
+                  activation == "h_swish",
+              op, ": activation '", activation, "' is not allowed; it must be one of none, relu, "
+              "relu6, h_swish");
+  check_pointwise(input, weight, bias, out_channels, op);
   const at::MemoryFormat fmt = format_of(input);
-  const at::Tensor x = input.contiguous(fmt);  // no-op unless the input is an odd view
+  const at::Tensor x = input.contiguous(fmt);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const at::Tensor w = active_block(weight, out_channels, C);
   at::Tensor y = at::empty({N, out_channels, H, W}, x.options().memory_format(fmt));
   if (y.numel() == 0) return y;
   if (rows_layout(x, fmt)) {
+    const at::Tensor x2 = rows_of(x);
     at::Tensor y2 = rows_of(y);
-    if (bias.has_value()) at::addmm_out(y2, bias->narrow(0, 0, out_channels), rows_of(x), w.t());
-    else at::mm_out(y2, rows_of(x), w.t());
+    const int64_t rows = x2.size(0);
+    const int64_t chunk = activation == "none"  // one GEMM, else blocks of ~256 KB
+        ? rows : std::max<int64_t>(64, (int64_t{1} << 16) / std::max<int64_t>(1, out_channels));
+    for (int64_t r = 0; r < rows; r += chunk) {
+      const int64_t n = std::min(chunk, rows - r);
+      at::Tensor yc = y2.narrow(0, r, n);
+      if (bias.has_value()) at::addmm_out(yc, bias->narrow(0, 0, out_channels), x2.narrow(0, r, n), w.t());
+      else at::mm_out(yc, x2.narrow(0, r, n), w.t());
+      apply_activation_(yc, activation);
+    }
     return y;
   }
   const at::Tensor b = bias.has_value()
@@ -170,8 +194,23 @@ at::Tensor pointwise_conv2d(const at::Tensor& input, const at::Tensor& weight,
     at::Tensor yn = image_of(y, n);
     if (b.defined()) at::addmm_out(yn, b, w, image_of(x, n));
     else at::mm_out(yn, w, image_of(x, n));
+    apply_activation_(yn, activation);
   }
   return y;
+}
+
+}  // namespace
+
+at::Tensor pointwise_conv2d_act(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, int64_t out_channels,
+                                c10::string_view activation) {
+  return pointwise_forward(input, weight, bias, out_channels, activation,
+                           "ofa_fast.pointwise_conv2d_act");
+}
+
+at::Tensor pointwise_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t out_channels) {
+  return pointwise_forward(input, weight, bias, out_channels, "none", "ofa_fast.pointwise_conv2d");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_backward(
@@ -220,59 +259,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_backward(
     }
   }
   return {gx, gw, gb};
-}
-
-namespace {
-
-void apply_activation_(at::Tensor& t, c10::string_view act) {
-  if (act == "relu") at::relu_(t);
-  else if (act == "relu6") at::clamp_(t, 0, 6);
-  else if (act == "h_swish") at::hardswish_(t);
-}
-
-}  // namespace
-
-at::Tensor pointwise_conv2d_act(const at::Tensor& input, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias, int64_t out_channels,
-                                c10::string_view activation) {
-  const char* op = "ofa_fast.pointwise_conv2d_act";
-  TORCH_CHECK(activation == "none" || activation == "relu" || activation == "relu6" ||
-                  activation == "h_swish",
-              op, ": activation '", activation, "' is not allowed; it must be one of none, relu, "
-              "relu6, h_swish");
-  check_pointwise(input, weight, bias, out_channels, op);
-  const at::MemoryFormat fmt = format_of(input);
-  const at::Tensor x = input.contiguous(fmt);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const at::Tensor w = active_block(weight, out_channels, C);
-  at::Tensor y = at::empty({N, out_channels, H, W}, x.options().memory_format(fmt));
-  if (y.numel() == 0) return y;
-  // The activation runs on each GEMM's output block while it is still in cache: one
-  // write of y to memory instead of GEMM + separate BN and activation passes.
-  if (rows_layout(x, fmt)) {
-    const at::Tensor x2 = rows_of(x);
-    at::Tensor y2 = rows_of(y);
-    const int64_t rows = x2.size(0);
-    const int64_t chunk = std::max<int64_t>(64, (int64_t{1} << 16) / std::max<int64_t>(1, out_channels));
-    for (int64_t r = 0; r < rows; r += chunk) {
-      const int64_t n = std::min(chunk, rows - r);
-      at::Tensor yc = y2.narrow(0, r, n);
-      if (bias.has_value()) at::addmm_out(yc, bias->narrow(0, 0, out_channels), x2.narrow(0, r, n), w.t());
-      else at::mm_out(yc, x2.narrow(0, r, n), w.t());
-      apply_activation_(yc, activation);
-    }
-    return y;
-  }
-  const at::Tensor b = bias.has_value()
-      ? bias->narrow(0, 0, out_channels).unsqueeze(1).expand({out_channels, H * W})
-      : at::Tensor();
-  for (int64_t n = 0; n < N; ++n) {
-    at::Tensor yn = image_of(y, n);
-    if (b.defined()) at::addmm_out(yn, b, w, image_of(x, n));
-    else at::mm_out(yn, w, image_of(x, n));
-    apply_activation_(yn, activation);
-  }
-  return y;
 }
 
 // Schemas: next to their kernels; TORCH_LIBRARY(ofa_fast) in csrc/ofa_fast.cpp calls this.
