@@ -117,6 +117,54 @@ def parameters_sharing_storage(module):
     return {p.untyped_storage().data_ptr() for p in module.parameters()}
 
 
+# ---- one forward + backward of a module, compared with its twin's -------------------
+
+def module_run(module, x, call=None, seed=0):
+    """Output, input gradient, parameter gradients and buffers after one forward and
+    backward of `module` on a copy of x (call(module, x) if given, else module(x)), with
+    a fixed ramp as the output's gradient and dropout masks drawn from `seed`."""
+    module.zero_grad(set_to_none=True)
+    leaf = x.detach().clone().requires_grad_()
+    torch.manual_seed(seed)
+    inp = leaf.clone()  # in-place dropout / activations may write into it
+    y = call(module, inp) if call is not None else module(inp)
+    y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y))
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return y.detach(), leaf.grad, grads, {n: b.clone() for n, b in module.named_buffers()}
+
+
+def _close_relative(a, b, what, tol):
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    if not b.numel():
+        return
+    scale = max(b.abs().max().item(), 1e-6)
+    err = (a.double() - b.double()).abs().max().item() / scale
+    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
+
+
+def assert_same_run(a, b, rtol=1e-10, atol=1e-10, relative=None):
+    """Two module_run results agree: elementwise (rtol, atol), or with relative=tol as
+    max |a - b| / max |b| per tensor (for deep nets, whose BN layers in train mode with
+    tiny batches amplify float rounding elementwise)."""
+    (ya, gxa, gpa, bufa), (yb, gxb, gpb, bufb) = a, b
+
+    def check(p, q, what):
+        if relative is not None:
+            _close_relative(p, q, what, relative)
+        else:
+            torch.testing.assert_close(p.double(), q.double(), rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{what}: {m}")
+
+    check(ya, yb, "output")
+    check(gxa, gxb, "grad of the input")
+    assert gpa.keys() == gpb.keys(), set(gpa) ^ set(gpb)
+    for n in gpa:
+        check(gpa[n], gpb[n], f"grad of {n}")
+    assert bufa.keys() == bufb.keys(), set(bufa) ^ set(bufb)
+    for n in bufa:
+        check(bufa[n], bufb[n], f"buffer {n}")
+
+
 # ---- no copies of the weight --------------------------------------------------
 
 _COPY_OPS = {
@@ -143,5 +191,5 @@ class NoWeightCopies(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-__all__ = ["NoWeightCopies", "ConvCase", "HAS_CUDA", "NO_CUDA_REASON", "assert_close", "backend_params",
+__all__ = ["NoWeightCopies", "assert_same_run", "module_run", "ConvCase", "HAS_CUDA", "NO_CUDA_REASON", "assert_close", "backend_params",
            "conv_cases", "make_conv_inputs", "fmt_of", "ofa_fast"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import _helpers
 import ofa_fast
 from ofa_fast.nn import dynamic_layers as D
 from ofa_fast.nn import dynamic_op as ours_op
@@ -92,15 +93,7 @@ def run(module, x, train):
 
 
 def assert_same_run(a, b):
-    (ya, gxa, gpa, bufa), (yb, gxb, gpb, bufb) = a, b
-    torch.testing.assert_close(ya, yb, **TOL)
-    torch.testing.assert_close(gxa, gxb, **TOL)
-    assert gpa.keys() == gpb.keys()
-    for n in gpa:
-        torch.testing.assert_close(gpa[n], gpb[n], **TOL, msg=lambda m: f"grad of {n}: {m}")
-    assert bufa.keys() == bufb.keys()
-    for n in bufa:
-        torch.testing.assert_close(bufa[n], bufb[n], **TOL, msg=lambda m: f"buffer {n}: {m}")
+    _helpers.assert_same_run(a, b, **TOL)
 
 
 def check_subnet(theirs, ours, in_channel, x, same_as_supernet=True):

@@ -9,6 +9,8 @@ import torch
 import ofa_fast
 from ofa_fast import nn as fnn
 
+from _helpers import assert_same_run, module_run
+
 O = pytest.importorskip(
     "ofa.imagenet_classification.elastic_nn.modules.dynamic_op",
     reason="the `ofa` package (pip install ofa torchvision pillow) is the parity oracle")
@@ -31,33 +33,13 @@ def twins(name, *args, **kwargs):
     return theirs, ours
 
 
-def run(module, x, call):
-    module.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_()
-    y = call(module, x)
-    y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y))
-    return (y.detach(), x.grad, {n: p.grad for n, p in module.named_parameters() if p.grad is not None},
-            {n: b.clone() for n, b in module.named_buffers()})
-
-
-def assert_same(a, b):
-    (ya, gxa, gpa, ba), (yb, gxb, gpb, bb) = a, b
-    torch.testing.assert_close(ya, yb, **TOL)
-    torch.testing.assert_close(gxa, gxb, **TOL)
-    assert gpa.keys() == gpb.keys()
-    for n in gpa:
-        torch.testing.assert_close(gpa[n], gpb[n], **TOL, msg=lambda m: f"grad of {n}: {m}")
-    for n in ba:
-        torch.testing.assert_close(ba[n].double(), bb[n].double(), **TOL, msg=lambda m: f"{n}: {m}")
-
-
 def compare(theirs, ours, x, call=lambda m, x: m(x), modes=(True, False), backends=("cpu", "reference")):
     for train in modes:
         for backend in backends:
-            ref = run(theirs.train(train), x, call)
+            ref = module_run(theirs.train(train), x, call)
             with ofa_fast.use_backend(backend):
-                got = run(ours.train(train), x, call)
-            assert_same(got, ref)
+                got = module_run(ours.train(train), x, call)
+            assert_same_run(got, ref, **TOL)
 
 
 SIZES = [(1, 5, 5), (2, 8, 7), (3, 1, 1)]

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import _helpers
 from ofa_fast.nn import layers as L
 from ofa_fast.nn import utils as U
 
@@ -50,15 +51,7 @@ def run(module, x, train, seed=0):
 
 
 def assert_same_run(a, b):
-    (ya, gxa, gpa, bufa), (yb, gxb, gpb, bufb) = a, b
-    torch.testing.assert_close(ya, yb, **TOL)
-    torch.testing.assert_close(gxa, gxb, **TOL)
-    assert gpa.keys() == gpb.keys()
-    for n in gpa:
-        torch.testing.assert_close(gpa[n], gpb[n], **TOL, msg=lambda m: f"grad of {n}: {m}")
-    assert bufa.keys() == bufb.keys()
-    for n in bufa:
-        torch.testing.assert_close(bufa[n], bufb[n], **TOL, msg=lambda m: f"buffer {n}: {m}")
+    _helpers.assert_same_run(a, b, **TOL)
 
 
 def assert_same_run_or_error(ours, theirs, x, train):

@@ -10,13 +10,12 @@ import torch
 
 import ofa_fast
 
+from _helpers import assert_same_run, module_run
+
 networks = pytest.importorskip(
     "ofa.imagenet_classification.elastic_nn.networks",
     reason="the `ofa` package (pip install ofa torchvision pillow) is the parity oracle")
 ofa_dynamic_op = pytest.importorskip("ofa.imagenet_classification.elastic_nn.modules.dynamic_op")
-
-TOL = dict(rtol=1e-8, atol=1e-8)  # float64
-
 
 def mbv3():
     torch.manual_seed(0)
@@ -44,34 +43,13 @@ def perturb_bn(net):
 
 
 def run(net, x, train):
-    net.train(train)
-    net.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_()
-    y = net(x)
-    y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y))
-    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-    return y.detach(), x.grad, grads, {n: b.clone() for n, b in net.named_buffers()}
-
-
-def close(a, b, what, tol=1e-8):
-    """max |a - b| relative to max |b|: a deep net in train mode with a batch of one or
-    two amplifies float64 rounding through its BN layers (ofa_fast's fused BN + act sums
-    in another order than PyTorch's BN), so elementwise tolerances would be arbitrary."""
-    assert a.shape == b.shape, what
-    scale = max(b.abs().max().item(), 1e-6) if b.numel() else 1.0
-    err = (a.double() - b.double()).abs().max().item() / scale if b.numel() else 0.0
-    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
+    return module_run(net.train(train), x)
 
 
 def assert_same(a, b):
-    (ya, gxa, gpa, ba), (yb, gxb, gpb, bb) = a, b
-    close(ya, yb, "output")
-    close(gxa, gxb, "grad of the input")
-    assert gpa.keys() == gpb.keys()
-    for n in gpa:
-        close(gpa[n], gpb[n], f"grad of {n}")
-    for n in ba:
-        close(ba[n], bb[n], n)
+    # a deep net in train mode with a batch of one or two amplifies float64 rounding
+    # through its BN layers (ofa_fast's fused BN + act sums in another order)
+    assert_same_run(a, b, relative=1e-8)
 
 
 @pytest.mark.parametrize("build,settings", [
@@ -124,7 +102,8 @@ def test_optimizer_built_before_patch_keeps_working():
             model(x).square().mean().backward()
             opt_.step()
     for (n, a), (_, b) in zip(ref.state_dict().items(), net.state_dict().items()):
-        close(b, a, n)
+        torch.testing.assert_close(b.double(), a.double(), rtol=1e-8, atol=1e-8,
+                                   msg=lambda m: f"{n}: {m}")
 
 
 def test_patch_is_idempotent_and_unpatch_restores():
@@ -161,7 +140,7 @@ def test_kernel_transform_mode_carried_over(monkeypatch):
     net.set_active_subnet(ks=3, e=4, d=3)
     monkeypatch.setattr(ofa_dynamic_op.DynamicSeparableConv2d, "KERNEL_TRANSFORM_MODE", None)
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
-    torch.testing.assert_close(net.eval()(x), ref.eval()(x), **TOL)
+    torch.testing.assert_close(net.eval()(x), ref.eval()(x), rtol=1e-8, atol=1e-8)
 
 
 def test_patch_rejects_non_modules():
