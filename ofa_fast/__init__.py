@@ -13,6 +13,8 @@ from .backend import get_backend, set_backend, usable_backends, use_backend
 from . import ops  # noqa: E402  (registers autograd, fake and Triton ops)
 from . import nn  # noqa: E402
 from ._patch import patch, unpatch  # noqa: E402
+from . import networks  # noqa: E402
+from .zoo import ofa_net, ofa_specialized  # noqa: E402
 
-__all__ = ["__version__", "get_backend", "nn", "ops", "patch", "set_backend", "unpatch",
-           "usable_backends", "use_backend"]
+__all__ = ["__version__", "get_backend", "networks", "nn", "ofa_net", "ofa_specialized", "ops",
+           "patch", "set_backend", "unpatch", "usable_backends", "use_backend"]
