@@ -104,7 +104,14 @@ def expand_setting(owner, arg, value, allowed, space, length, what, integer=Fals
         if v is not None and (not (is_int(v) if integer else is_number(v)) or v not in ok):
             valid = space if uniform else f"{_fmt(sorted(ok))} ({space})"
             raise ValueError(f"{owner}: {label}={v!r} is not in {valid}")
-    return values
+    return [_builtin(v) for v in values]
+
+
+def _builtin(value):
+    """numpy / torch scalars as Python ones (the kernels take Python ints)."""
+    if value is None or type(value) in (int, float):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def check_constraint(owner, constraint_type, include_list, allowed, space, what):

@@ -8,7 +8,7 @@ pooling, additions and biases; parameters = every trainable tensor's size (weigh
 biases, batch-norm affine parameters). Unlike OFA's counter, which sums in float32,
 these are exact ints.
 
-    net_config_macs(net.config, image_size=224)      # any MobileNetV3 / ProxylessNASNets / ResNets config
+    net_config_macs(net.config, image_size=224)   # MobileNetV3 / ProxylessNASNets / ResNets
     net_config_params(supernet.get_active_net_config())
 """
 from __future__ import annotations

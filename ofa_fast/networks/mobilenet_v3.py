@@ -7,7 +7,8 @@ import copy
 
 import torch.nn as nn
 
-from ..nn.layers import ConvLayer, IdentityLayer, LinearLayer, MBConvLayer, ResidualBlock, set_layer_from_config
+from ..nn.layers import (ConvLayer, IdentityLayer, LinearLayer, MBConvLayer, ResidualBlock,
+                         set_layer_from_config)
 from ..nn.utils import MyGlobalAvgPool2d, MyNetwork, make_divisible
 from ._common import (check_bn_param, check_config, check_dropout, check_int, check_modules,
                       check_positive, load_ofa_state_dict)
@@ -116,7 +117,8 @@ class MobileNetV3(MBBlocksMixin, MyNetwork):
         feature_dim = input_channel
         blocks = []
         for block_config_list in cfg.values():
-            for k, mid_channel, out_channel, use_se, act_func, stride, expand_ratio in block_config_list:
+            for block_config in block_config_list:
+                k, mid_channel, out_channel, use_se, act_func, stride, expand_ratio = block_config
                 mb_conv = MBConvLayer(feature_dim, out_channel, k, stride, expand_ratio, mid_channel,
                                       act_func, use_se)
                 shortcut = (IdentityLayer(out_channel, out_channel)

@@ -178,8 +178,8 @@ class ElasticMBMixin:
         with subnet_dtype(self) as dtype:
             for idx in self._active_block_indices():
                 block = self.blocks[idx]
-                blocks.append(ResidualBlock(block.conv.get_active_subnet(input_channel, preserve_weight),
-                                            copy.deepcopy(block.shortcut)))
+                conv = block.conv.get_active_subnet(input_channel, preserve_weight)
+                blocks.append(ResidualBlock(conv, copy.deepcopy(block.shortcut)))
                 input_channel = blocks[-1].conv.out_channels
         subnet = self.STATIC_NET(first_conv, blocks, *head)
         subnet.set_bn_param(**self.get_bn_param())
@@ -258,8 +258,9 @@ class OFAMobileNetV3(ElasticMBMixin, MobileNetV3):
         self.block_group_info = []
         blocks = [first_block]
         feature_dim = first_block_dim
-        for width, n_block, s, act_func, use_se in zip(width_list[2:], n_block_list[1:],
-                                                       stride_stages[1:], act_stages[1:], se_stages[1:]):
+        stages = zip(width_list[2:], n_block_list[1:], stride_stages[1:], act_stages[1:],
+                     se_stages[1:])
+        for width, n_block, s, act_func, use_se in stages:
             self.block_group_info.append([len(blocks) + i for i in range(n_block)])
             for i in range(n_block):
                 stride = s if i == 0 else 1

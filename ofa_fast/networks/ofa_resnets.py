@@ -151,7 +151,8 @@ class OFAResNets(ResNets):
                                       len(self.blocks), "block")
         width_layers = self._width_layers()
         width_mult = expand_setting(owner, "w", w,
-                                    [list(range(len(layer.out_channel_list))) for layer in width_layers],
+                                    [list(range(len(layer.out_channel_list)))
+                                     for layer in width_layers],
                                     "the indices of width_mult_list %s" % self.width_mult_list,
                                     n_stages + 2, "stage, the stem's two convs first", integer=True)
 

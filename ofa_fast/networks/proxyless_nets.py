@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..nn.layers import ConvLayer, IdentityLayer, LinearLayer, MBConvLayer, ResidualBlock, set_layer_from_config
+from ..nn.layers import (ConvLayer, IdentityLayer, LinearLayer, MBConvLayer, ResidualBlock,
+                         set_layer_from_config)
 from ..nn.utils import MyGlobalAvgPool2d, MyNetwork, make_divisible, val2list
-from ._common import check_bn_param, check_config, check_dropout, check_int, check_modules, check_positive
+from ._common import (check_bn_param, check_config, check_dropout, check_int, check_modules,
+                      check_positive)
 from .mobilenet_v3 import MBBlocksMixin
 
 __all__ = ["ProxylessNASNets", "MobileNetV2"]
@@ -50,7 +52,8 @@ class ProxylessNASNets(MBBlocksMixin, MyNetwork):
             "bn": self.get_bn_param(),
             "first_conv": self.first_conv.config,
             "blocks": [block.config for block in self.blocks],
-            "feature_mix_layer": None if self.feature_mix_layer is None else self.feature_mix_layer.config,
+            "feature_mix_layer": (None if self.feature_mix_layer is None
+                                  else self.feature_mix_layer.config),
             "classifier": self.classifier.config,
         }
 
