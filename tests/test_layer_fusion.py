@@ -122,3 +122,21 @@ def test_inference_fusion_equals_unfused(name, cl):
         with fusion(False):
             y2 = layer(x)
     torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
+
+
+def test_inference_fold_follows_weight_updates():
+    # in place, and through .data as OFA's set_running_statistics / copy_bn write
+    layer, x = prepared("mbconv_se", False)
+    with torch.no_grad():
+        y1 = layer(x)
+        assert torch.equal(layer(x), y1)
+        layer.inverted_bottleneck.conv.conv.weight.mul_(2)  # an optimizer step, in place
+        layer.point_linear.bn.bn.running_mean.data[:8].add_(0.5)
+        y2 = layer(x)
+        with fusion(False):
+            torch.testing.assert_close(y2, layer(x), rtol=1e-10, atol=1e-10)
+        assert not torch.allclose(y1, y2)
+        layer.active_expand_ratio = 3  # another active block
+        with fusion(False):
+            ref = layer(x)
+        torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-10)

@@ -46,13 +46,14 @@ def check_bn_param(owner, bn_param):
         raise ValueError(f"{owner}: bn_param = {bn_param!r} must be a pair (momentum, eps)")
 
 
-def sorted_list(owner, name, values, check):
-    """OFA's val2list(values) sorted, as a fresh list (OFA sorts the caller's list in
-    place); `check(v)` tells a valid entry."""
+def sorted_list(owner, name, values, check, what):
+    """OFA's val2list(values) sorted, as a fresh list of Python numbers (OFA sorts the
+    caller's list in place); `check(v)` tells a valid entry, `what` describes one."""
     values = list(values) if isinstance(values, _SEQUENCES) else [values]
     if not values or not all(check(v) for v in values):
-        raise ValueError(f"{owner}: {name} = {values!r} is not allowed")
-    return sorted(values)
+        raise ValueError(f"{owner}: {name} = {values!r} is not allowed; it must be {what} or a "
+                         "non-empty list of them")
+    return sorted(_builtin(v) for v in values)
 
 
 def check_modules(owner, **modules):
@@ -114,9 +115,10 @@ def _builtin(value):
     return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
-def check_constraint(owner, constraint_type, include_list, allowed, space, what):
+def check_constraint(owner, constraint_type, include_list, allowed, space, what, integer=False):
     """set_constraint's include_list: a non-empty list of values, or one non-empty list
-    per entry (len(allowed) of them), every value in the search space."""
+    per entry (len(allowed) of them), every value in the search space (an int where
+    `integer`)."""
     if not isinstance(include_list, list) or not include_list:
         raise ValueError(f"{owner}: the {constraint_type} include_list = {include_list!r} must be a "
                          f"non-empty list of values, or a list of such lists (one per {what})")
@@ -133,7 +135,7 @@ def check_constraint(owner, constraint_type, include_list, allowed, space, what)
             raise ValueError(f"{owner}: the {constraint_type} include_list = {include_list!r} must "
                              f"be a non-empty list of values, or a list of such lists")
         for v in values:
-            if not is_number(v) or v not in ok:
+            if not (is_int(v) if integer else is_number(v)) or v not in ok:
                 raise ValueError(f"{owner}: {constraint_type} {v!r} in include_list is not in "
                                  f"{space}")
 

@@ -33,10 +33,12 @@ _CONSTRAINTS = {"depth": "_depth_include_list", "expand_ratio": "_expand_include
 
 def check_search_space(owner, ks_list, expand_ratio_list, depth_list):
     """The sorted search-space lists (fresh lists: OFA sorts the caller's in place)."""
-    ks_list = sorted_list(owner, "ks_list", ks_list, lambda v: is_int(v) and v >= 1 and v % 2 == 1)
+    ks_list = sorted_list(owner, "ks_list", ks_list, lambda v: is_int(v) and v >= 1 and v % 2 == 1,
+                          "an odd int >= 1")
     expand_ratio_list = sorted_list(owner, "expand_ratio_list", expand_ratio_list,
-                                    lambda v: is_number(v) and v > 0)
-    depth_list = sorted_list(owner, "depth_list", depth_list, lambda v: is_int(v) and v >= 1)
+                                    lambda v: is_number(v) and v > 0, "a positive number")
+    depth_list = sorted_list(owner, "depth_list", depth_list, lambda v: is_int(v) and v >= 1,
+                             "an int >= 1")
     return ks_list, expand_ratio_list, depth_list
 
 
@@ -110,7 +112,8 @@ class ElasticMBMixin:
                                   ("d", d, "depth")):
             allowed = self._allowed(space)
             settings[arg] = expand_setting(owner, arg, value, allowed, self._space_name(space),
-                                           len(allowed), self._what(space))
+                                           len(allowed), self._what(space),
+                                           integer=space != "expand_ratio")
 
         for block, k, ratio in zip(self.blocks[1:], settings["ks"], settings["e"]):
             if k is not None:
@@ -130,7 +133,8 @@ class ElasticMBMixin:
             raise ValueError(f"{owner}: constraint_type = {constraint_type!r} is not one of "
                              f"{list(_CONSTRAINTS)}")
         check_constraint(owner, constraint_type, include_list, self._allowed(constraint_type),
-                         self._space_name(constraint_type), self._what(constraint_type))
+                         self._space_name(constraint_type), self._what(constraint_type),
+                         integer=constraint_type != "expand_ratio")
         setattr(self, _CONSTRAINTS[constraint_type], copy.deepcopy(include_list))
 
     def clear_constraint(self):

@@ -34,11 +34,12 @@ class OFAResNets(ResNets):
         check_int(name, "n_classes", n_classes)
         check_bn_param(name, bn_param)
         check_dropout(name, dropout_rate)
-        self.depth_list = sorted_list(name, "depth_list", depth_list, lambda v: is_int(v) and v >= 0)
+        self.depth_list = sorted_list(name, "depth_list", depth_list, lambda v: is_int(v) and v >= 0,
+                                      "an int >= 0")
         self.expand_ratio_list = sorted_list(name, "expand_ratio_list", expand_ratio_list,
-                                             lambda v: is_number(v) and v > 0)
+                                             lambda v: is_number(v) and v > 0, "a positive number")
         self.width_mult_list = sorted_list(name, "width_mult_list", width_mult_list,
-                                           lambda v: is_number(v) and v > 0)
+                                           lambda v: is_number(v) and v > 0, "a positive number")
 
         divisor = MyNetwork.CHANNEL_DIVISIBLE
         input_channel = [make_divisible(64 * w, divisor) for w in self.width_mult_list]
@@ -145,7 +146,7 @@ class OFAResNets(ResNets):
         n_stages = len(ResNets.BASE_DEPTH_LIST)
         depth = expand_setting(owner, "d", d, [self.depth_list] * (n_stages + 1),
                                "depth_list %s" % self.depth_list, n_stages + 1,
-                               "stage, the input stem first")
+                               "stage, the input stem first", integer=True)
         expand_ratio = expand_setting(owner, "e", e, [block.expand_ratio_list for block in self.blocks],
                                       "expand_ratio_list %s" % self.expand_ratio_list,
                                       len(self.blocks), "block")

@@ -75,6 +75,19 @@ def _foldable_bn(bn):
             and bn.running_mean is not None and bn.running_var is not None)
 
 
+def _fold(conv, inner, n, in_channels):
+    """The folded [n, in, 1, 1] weight and the shift of conv + eval-mode BN. Computed on
+    every call: a cache keyed by tensor versions would miss writes through .data (OFA's
+    set_running_statistics and copy_bn write that way)."""
+    scale = inner.running_var[:n].add(inner.eps).rsqrt()
+    if inner.weight is not None:
+        scale = scale * inner.weight[:n]
+    shift = -inner.running_mean[:n] * scale
+    if inner.bias is not None:
+        shift = shift + inner.bias[:n]
+    return conv.conv.weight[:n, :in_channels] * scale.view(n, 1, 1, 1), shift
+
+
 def conv_bn_act(conv, bn, act, x, out_channels):
     """act(bn(conv(x, out_channels))) for a 1x1 DynamicConv2d `conv` and a
     DynamicBatchNorm2d `bn` (act may be None), folded into one GEMM when fusion is on
@@ -83,16 +96,12 @@ def conv_bn_act(conv, bn, act, x, out_channels):
     if (_enabled and _foldable_bn(inner) and conv.kernel_size == 1
             and type(conv.conv) is nn.Conv2d and x.size(1) <= conv.max_in_channels):
         n = out_channels
-        w = conv.conv.weight[:n, :x.size(1)]  # [n, in, 1, 1] view
-        scale = inner.running_var[:n].add(inner.eps).rsqrt()
-        if inner.weight is not None:
-            scale = scale * inner.weight[:n]
-        shift = -inner.running_mean[:n] * scale
-        if inner.bias is not None:
-            shift = shift + inner.bias[:n]
-        folded = w * scale.view(n, 1, 1, 1)  # computed [n, in, 1, 1]
         kind = _ACT_KIND.get(type(act), "other") if act is not None else "none"
-        if kind != "other" and not (torch.is_grad_enabled() and (x.requires_grad or folded.requires_grad)):
+        tracked = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in (conv.conv.weight, inner.weight,
+                                                             inner.bias) if p is not None))
+        folded, shift = _fold(conv, inner, n, x.size(1))
+        if kind != "other" and not tracked:
             # inference: GEMM + activation block by block in one op (csrc/sliced)
             y = ops.pointwise_conv2d_act(x, folded, shift, n, conv.stride, kind,
                                          op=type(conv).__name__)
