@@ -1,6 +1,8 @@
 """The dynamic layers' eval-mode conv + BN (+ activation) folding equals the unfused
 forward (and OFA's), training-mode BN is never folded, and no layer forward copies a
 weight (train or eval)."""
+import copy
+
 import pytest
 import torch
 
@@ -140,3 +142,18 @@ def test_inference_fold_follows_weight_updates():
         with fusion(False):
             ref = layer(x)
         torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["mbconv_se", "resnet_conv"])
+@pytest.mark.parametrize("train", [True, False])
+def test_layers_compile_without_graph_break(name, train):
+    layer, active, in_ch = layers()[name]
+    for k, v in active.items():
+        setattr(layer, k, v)
+    layer.train(train)
+    twin = copy.deepcopy(layer)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, in_ch, 8, 8)
+    torch.testing.assert_close(compiled(x), twin(x), rtol=1e-5, atol=1e-5)
+    for (n, a), (_, b) in zip(layer.named_buffers(), twin.named_buffers()):
+        torch.testing.assert_close(a, b, msg=lambda m: f"{n}: {m}")  # running stats updated alike
