@@ -38,7 +38,11 @@ step "CUDA and Triton tests"
 xdist=""
 python3 -c "import xdist" 2>/dev/null && xdist="-n 8"
 python3 -m pytest -q -p no:cacheprovider $xdist tests/test_dwconv.py tests/test_kernel_transform.py \
-  -k "gpu or cuda or opcheck or compile" 2>&1 | tee "$OUT/tests.log" | tail -25
+  tests/test_sliced_ops.py -k "gpu or cuda or opcheck or compile" 2>&1 | tee "$OUT/tests.log" | tail -25
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# the Triton GEMM tests run on the GPU when there is one
+python3 -m pytest -q -p no:cacheprovider $xdist tests/test_triton_linear.py 2>&1 \
+  | tee -a "$OUT/tests.log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "GPU benchmarks (pytest-benchmark)"
