@@ -154,15 +154,13 @@ class ElasticMBMixin:
         {"ks": [...], "e": [...], "d": [...]}; draws from `random` exactly as OFA does,
         so one seed samples the same subnets in both packages."""
         n_elastic, n_stages = len(self.blocks) - 1, len(self.block_group_info)
-        ks_setting = [random.choice(c) for c in self._candidates("kernel_size", self.ks_list,
-                                                                 n_elastic)]
-        expand_setting = [random.choice(c) for c in self._candidates("expand_ratio",
-                                                                     self.expand_ratio_list, n_elastic)]
-        depth_setting = [random.choice(c) for c in self._candidates("depth", self.depth_list,
-                                                                    n_stages)]
-        depth_setting = self._sample_depth(depth_setting)
-        self.set_active_subnet(ks_setting, expand_setting, depth_setting)
-        return {"ks": ks_setting, "e": expand_setting, "d": depth_setting}
+        ks = [random.choice(c) for c in self._candidates("kernel_size", self.ks_list, n_elastic)]
+        e = [random.choice(c)
+             for c in self._candidates("expand_ratio", self.expand_ratio_list, n_elastic)]
+        d = [random.choice(c) for c in self._candidates("depth", self.depth_list, n_stages)]
+        d = self._sample_depth(d)
+        self.set_active_subnet(ks, e, d)
+        return {"ks": ks, "e": e, "d": d}
 
     # ------------------------------------------------------------------ subnets
 

@@ -179,12 +179,11 @@ class OFAResNets(ResNets):
     def sample_active_subnet(self):
         """A random subnet, set active and returned as {"d": [...], "e": [...], "w":
         [...]}; draws from `random` exactly as OFA does."""
-        expand_setting_ = [random.choice(block.expand_ratio_list) for block in self.blocks]
-        depth_setting = [random.choice([max(self.depth_list), min(self.depth_list)])]
-        depth_setting += [random.choice(self.depth_list) for _ in ResNets.BASE_DEPTH_LIST]
-        width_setting = [random.choice(list(range(len(layer.out_channel_list))))
-                         for layer in self._width_layers()]
-        arch_config = {"d": depth_setting, "e": expand_setting_, "w": width_setting}
+        e = [random.choice(block.expand_ratio_list) for block in self.blocks]
+        d = [random.choice([max(self.depth_list), min(self.depth_list)])]
+        d += [random.choice(self.depth_list) for _ in ResNets.BASE_DEPTH_LIST]
+        w = [random.choice(list(range(len(layer.out_channel_list)))) for layer in self._width_layers()]
+        arch_config = {"d": d, "e": e, "w": w}
         self.set_active_subnet(**arch_config)
         return arch_config
 
