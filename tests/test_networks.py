@@ -648,3 +648,17 @@ def test_specialized_flops_as_published():
             image_size = json.load(f)["image_size"]
         macs = counting.net_config_macs(cfg, image_size)
         assert round(macs / 1e6) == int(match.group(1)), (path, macs)
+
+
+@pytest.mark.parametrize("kind", list(SUPERNETS))
+@pytest.mark.parametrize("train", [True, False])
+def test_subnet_forward_makes_no_weight_copy(kind, train):
+    from _helpers import NoWeightCopies
+
+    net = ours_only(kind).float()
+    random.seed(3)
+    net.sample_active_subnet()
+    net.train(train)
+    x = torch.randn(2, 3, 64, 64)
+    with NoWeightCopies(net.parameters()):
+        net(x)
