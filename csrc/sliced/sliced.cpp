@@ -172,12 +172,16 @@ at::Tensor pointwise_forward(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor w = active_block(weight, out_channels, C);
   at::Tensor y = at::empty({N, out_channels, H, W}, x.options().memory_format(fmt));
   if (y.numel() == 0) return y;
+  // Blocks of at least ~64K values: below that the whole output stays in cache anyway,
+  // and one activation pass costs fewer thread launches than one per block.
+  constexpr int64_t kBlock = int64_t{1} << 16;
+  const bool blocked = activation != "none" && y.numel() > 2 * kBlock;
   if (rows_layout(x, fmt)) {
     const at::Tensor x2 = rows_of(x);
     at::Tensor y2 = rows_of(y);
     const int64_t rows = x2.size(0);
-    const int64_t chunk = activation == "none"  // one GEMM, else blocks of ~256 KB
-        ? rows : std::max<int64_t>(64, (int64_t{1} << 16) / std::max<int64_t>(1, out_channels));
+    const int64_t chunk = blocked ? std::max<int64_t>(64, kBlock / std::max<int64_t>(1, out_channels))
+                                  : rows;
     for (int64_t r = 0; r < rows; r += chunk) {
       const int64_t n = std::min(chunk, rows - r);
       at::Tensor yc = y2.narrow(0, r, n);
@@ -190,12 +194,14 @@ at::Tensor pointwise_forward(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor b = bias.has_value()
       ? bias->narrow(0, 0, out_channels).unsqueeze(1).expand({out_channels, H * W})
       : at::Tensor();
+  const bool per_image = blocked && out_channels * H * W >= kBlock;
   for (int64_t n = 0; n < N; ++n) {
     at::Tensor yn = image_of(y, n);
     if (b.defined()) at::addmm_out(yn, b, w, image_of(x, n));
     else at::mm_out(yn, w, image_of(x, n));
-    apply_activation_(yn, activation);
+    if (per_image) apply_activation_(yn, activation);
   }
+  if (!per_image) apply_activation_(y, activation);
   return y;
 }
 
