@@ -15,6 +15,7 @@ from . import nn  # noqa: E402
 from ._patch import patch, unpatch  # noqa: E402
 from . import networks  # noqa: E402
 from .zoo import ofa_net, ofa_specialized  # noqa: E402
+from .recalibrate import set_running_statistics  # noqa: E402
 
 __all__ = ["__version__", "get_backend", "networks", "nn", "ofa_net", "ofa_specialized", "ops",
-           "patch", "set_backend", "unpatch", "usable_backends", "use_backend"]
+           "patch", "set_backend", "set_running_statistics", "unpatch", "usable_backends", "use_backend"]

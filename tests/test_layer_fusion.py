@@ -157,3 +157,18 @@ def test_layers_compile_without_graph_break(name, train):
     torch.testing.assert_close(compiled(x), twin(x), rtol=1e-5, atol=1e-5)
     for (n, a), (_, b) in zip(layer.named_buffers(), twin.named_buffers()):
         torch.testing.assert_close(a, b, msg=lambda m: f"{n}: {m}")  # running stats updated alike
+
+
+def test_set_running_statistics_mode_is_never_fused(monkeypatch):
+    # OFA's set_running_statistics runs the model with full-size BN (the class switch) in
+    # whatever mode: every BN module must run, none folded away
+    layer, x = prepared("mbconv_se", False)
+    layer.active_expand_ratio = 6  # full-size channels, as the switch needs
+    seen = []
+    for m in layer.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_pre_hook(lambda module, args: seen.append(module))
+    monkeypatch.setattr(ofa_fast.nn.DynamicBatchNorm2d, "SET_RUNNING_STATISTICS", True)
+    with torch.no_grad():
+        layer(x)
+    assert len(seen) == 3

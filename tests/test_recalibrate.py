@@ -114,8 +114,8 @@ def twins(kind, seed=3):
 
 def batches(sizes=(4, 3, 2), seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, 3, H, H, generator=g, dtype=dtype), torch.randint(10, (n,), generator=g))
-            for n in sizes]
+    return [(torch.randn(n, 3, H, H, generator=g, dtype=dtype),
+             torch.randint(10, (n,), generator=g)) for n in sizes]
 
 
 def bn_buffers(net):

@@ -94,7 +94,8 @@ def conv_bn_act(conv, bn, act, x, out_channels):
     and bn is in eval mode; else the three modules one after the other."""
     inner = bn.bn
     if (_enabled and _foldable_bn(inner) and conv.kernel_size == 1
-            and type(conv.conv) is nn.Conv2d and x.size(1) <= conv.max_in_channels):
+            and type(conv.conv) is nn.Conv2d and x.size(1) <= conv.max_in_channels
+            and not _set_running_statistics(bn)):
         n = out_channels
         kind = _ACT_KIND.get(type(act), "other") if act is not None else "none"
         tracked = torch.is_grad_enabled() and (

@@ -1,0 +1,109 @@
+"""One supernet training step for the four supernets of OFA's zoo (ofa_fast.zoo.OFA_NETS):
+set a random active subnet, forward at batch 16, 128x128, fp32, cross-entropy on random
+labels (1000 classes), backward, SGD step with momentum.
+
+Impls, interleaved per network, in one run:
+- ofa_fast:         ofa_fast.ofa_net(name)
+- ofa:              the `ofa` package's supernet class with the same arguments
+- ofa_fast_patched: a copy of that `ofa` supernet after ofa_fast.patch(model) (named
+                    ofa_fast_* so the ratio table prints its speed-up over `ofa`)
+All three start from the same weights (OFA's state_dict loaded into ours) and run the
+same sequence of subnets: each draws its configs from its own random.Random(SEED) and
+calls set_active_subnet, the same call in both packages.
+
+    pytest benchmarks/test_bench_supernet.py --benchmark-only
+
+Threads: torch's default; OFA_FAST_BENCH_THREADS=n sets n. On a shared 2-core machine
+whose other core is busy, two threads can make a step 10-100x slower (a parallel
+region waits for a descheduled thread); one thread is the stable figure then.
+"""
+import copy
+import os
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ofa_fast
+from ofa_fast.zoo import OFA_NETS
+from _bench import record, sync
+
+ofa_nets = pytest.importorskip(
+    "ofa.imagenet_classification.elastic_nn.networks",
+    reason="the `ofa` package (pip install ofa torchvision pillow) is the baseline")
+
+BATCH, SIZE, CLASSES = 16, 128, 1000
+SEED = 0
+ROUNDS, WARMUP = 5, 1
+IMPLS = ["ofa_fast", "ofa", "ofa_fast_patched"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    n = os.environ.get("OFA_FAST_BENCH_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+    yield
+    torch.set_num_threads(before)
+
+
+def random_config(net, rng):
+    """A random subnet of `net` (OFA's or ofa_fast's: the same attributes), from `rng`."""
+    if hasattr(net, "input_stem"):  # OFAResNets: d (stem, 4 stages), e per block, w indices
+        width_layers = [net.input_stem[0], net.input_stem[2]] + [
+            net.blocks[idx[0]] for idx in net.grouped_block_index]
+        return dict(d=[rng.choice([max(net.depth_list), min(net.depth_list)])]
+                    + [rng.choice(net.depth_list) for _ in net.grouped_block_index],
+                    e=[rng.choice(b.expand_ratio_list) for b in net.blocks],
+                    w=[rng.randrange(len(layer.out_channel_list)) for layer in width_layers])
+    n = len(net.blocks) - 1  # MobileNetV3 / ProxylessNAS: ks, e per elastic block, d per stage
+    return dict(ks=[rng.choice(net.ks_list) for _ in range(n)],
+                e=[rng.choice(net.expand_ratio_list) for _ in range(n)],
+                d=[rng.choice(net.depth_list) for _ in net.block_group_info])
+
+
+_NETS = {}  # the current network's three models (one network held at a time)
+
+
+def build(name, impl):
+    if name not in _NETS:
+        _NETS.clear()
+        cls_name, kwargs, _ = OFA_NETS[name]
+        torch.manual_seed(0)
+        theirs = getattr(ofa_nets, cls_name)(**copy.deepcopy(kwargs))
+        ours = ofa_fast.ofa_net(name)
+        ours.load_state_dict(theirs.state_dict())
+        patched = copy.deepcopy(theirs)
+        ofa_fast.patch(patched)
+        _NETS[name] = {"ofa_fast": ours, "ofa": theirs, "ofa_fast_patched": patched}
+    return _NETS[name][impl]
+
+
+def cases():
+    for name in OFA_NETS:
+        for impl in IMPLS:
+            yield pytest.param(name, impl, id=f"{name}-{impl}")
+
+
+@pytest.mark.parametrize("name,impl", list(cases()))
+def test_supernet_step(benchmark, name, impl):
+    net = build(name, impl).train()
+    g = torch.Generator().manual_seed(SEED)
+    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
+    labels = torch.randint(CLASSES, (BATCH,), generator=g)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    rng = random.Random(SEED)  # the same subnet sequence for every impl
+
+    def step():
+        net.set_active_subnet(**random_config(net, rng))
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), labels)
+        loss.backward()
+        opt.step()
+        sync("cpu")
+
+    benchmark.group = f"supernet step {name}"
+    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
+    record(benchmark, benchmark.group, impl)
