@@ -620,7 +620,8 @@ class DynamicResNetBottleneckBlock(MyModule):
             residual = ds(x)
         x = conv_bn_act(self.conv1.conv, self.conv1.bn, getattr(self.conv1, "act", None), x,
                         feature_dim)
-        x = bn_act(self.conv2.bn, getattr(self.conv2, "act", None), self.conv2.conv(x))
+        x = conv_bn_act(self.conv2.conv, self.conv2.bn, getattr(self.conv2, "act", None), x,
+                        feature_dim)
         x = conv_bn_act(self.conv3.conv, self.conv3.bn, None, x, self.active_out_channel)
         x = x + residual
         return self.final_act(x) if self.final_act is not None else x

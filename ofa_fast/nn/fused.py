@@ -1,7 +1,7 @@
 """Fusions used by the dynamic layers.
 
-Eval mode (running statistics): BN is an affine map per channel, so a 1x1 conv followed
-by BN is one GEMM with a folded weight and a bias:
+Eval mode (running statistics): BN is an affine map per channel, so a conv followed by
+BN is one conv with a folded weight and a bias (for a 1x1 conv, one GEMM):
 
     BN(W x) = (s * W) x + (beta - s * mean),   s = gamma / sqrt(var + eps)
 
@@ -76,7 +76,7 @@ def _foldable_bn(bn):
 
 
 def _fold(conv, inner, n, in_channels):
-    """The folded [n, in, 1, 1] weight and the shift of conv + eval-mode BN. Computed on
+    """The folded [n, in, k, k] weight and the shift of conv + eval-mode BN. Computed on
     every call: a cache keyed by tensor versions would miss writes through .data (OFA's
     set_running_statistics and copy_bn write that way)."""
     scale = inner.running_var[:n].add(inner.eps).rsqrt()
@@ -85,23 +85,26 @@ def _fold(conv, inner, n, in_channels):
     shift = -inner.running_mean[:n] * scale
     if inner.bias is not None:
         shift = shift + inner.bias[:n]
-    return conv.conv.weight[:n, :in_channels] * scale.view(n, 1, 1, 1), shift
+    return conv.conv.weight[:n, :in_channels] * scale.view(n, 1, 1, 1), shift  # computed
 
 
 def conv_bn_act(conv, bn, act, x, out_channels):
-    """act(bn(conv(x, out_channels))) for a 1x1 DynamicConv2d `conv` and a
-    DynamicBatchNorm2d `bn` (act may be None), folded into one GEMM when fusion is on
-    and bn is in eval mode; else the three modules one after the other."""
+    """act(bn(conv(x, out_channels))) for a DynamicConv2d `conv` and a DynamicBatchNorm2d
+    `bn` (act may be None): with fusion on and bn in eval mode, the BN folds into the
+    conv (one GEMM for 1x1; PyTorch's conv on the folded filter for k x k); else the
+    conv, then BN + activation (fused where that applies)."""
     inner = bn.bn
-    if (_enabled and _foldable_bn(inner) and conv.kernel_size == 1
-            and type(conv.conv) is nn.Conv2d and x.size(1) <= conv.max_in_channels
-            and not _set_running_statistics(bn)):
+    if (_enabled and _foldable_bn(inner) and type(conv.conv) is nn.Conv2d
+            and x.size(1) <= conv.max_in_channels and not _set_running_statistics(bn)):
         n = out_channels
         kind = _ACT_KIND.get(type(act), "other") if act is not None else "none"
         tracked = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in (conv.conv.weight, inner.weight,
                                                              inner.bias) if p is not None))
         folded, shift = _fold(conv, inner, n, x.size(1))
+        if conv.kernel_size > 1:  # k x k (ResNet stems): PyTorch's conv on the folded filter
+            y = F.conv2d(x, folded, shift, conv.stride, conv.kernel_size // 2, conv.dilation)
+            return _act_(act, y)
         if kind != "other" and not tracked:
             # inference: GEMM + activation block by block in one op (csrc/sliced)
             y = ops.pointwise_conv2d_act(x, folded, shift, n, conv.stride, kind,
