@@ -55,7 +55,7 @@ def run(fn, x, bn, g):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cl", [False, True])
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("shape,C_max", [((3, 10, 5, 6), 16), ((5, 16, 1, 1), 16), ((1, 7, 9, 8), 7)])
+@pytest.mark.parametrize("shape,C_max", [((3, 10, 9, 8), 16), ((5, 16, 8, 8), 16), ((1, 7, 9, 8), 7)])
 def test_matches_batch_norm_then_activation(act, dtype, cl, train, shape, C_max):
     x = torch.randn(shape, dtype=dtype) * 2 + 0.5
     if cl:
@@ -83,7 +83,7 @@ def test_running_statistics_updated_in_place(momentum):
     theirs.load_state_dict(ours.state_dict())
     mean = ours.running_mean
     for step in range(3):
-        x = torch.randn(4, 8, 3, 3, dtype=torch.float64) + step
+        x = torch.randn(4, 8, 8, 8, dtype=torch.float64) + step
         batch_norm_act(x, ours, "relu")
         reference(x, theirs, "relu")
     assert ours.running_mean is mean
@@ -94,7 +94,7 @@ def test_running_statistics_updated_in_place(momentum):
 
 def test_no_affine_and_no_running_stats():
     bn = torch.nn.BatchNorm2d(6, affine=False, track_running_stats=False).double()
-    x = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(batch_norm_act(x, bn.eval(), "h_swish"),
                                ACTS["h_swish"](F.batch_norm(x, None, None, training=True)))
 
@@ -123,6 +123,7 @@ def test_not_applicable_returns_none():
     bn = make_bn(4, dtype=torch.float32)
     assert batch_norm_act(torch.randn(2, 4, 3, 3, dtype=torch.bfloat16), bn, "relu") is None
     assert batch_norm_act(torch.randn(1, 4, 1, 1), bn.train(), "relu") is None  # one value
+    assert batch_norm_act(torch.randn(2, 4, 7, 7), bn.train(), "relu") is None  # small planes
     with ofa_fast.use_backend("reference"):
         assert batch_norm_act(torch.randn(2, 4, 3, 3), bn, "relu") is None
 

@@ -47,7 +47,8 @@ if _ext.has_cpu_kernels():
 def batch_norm_act(x, bn, activation):
     """act(bn(x)) for the nn.BatchNorm2d `bn` over x's first C channels, in one op; None
     when the op does not apply here (not the cpu backend, another dtype, a batch of one
-    value per channel): the caller then runs BN and the activation itself."""
+    value per channel, NCHW planes under 64 pixels, where PyTorch's own BN is faster):
+    the caller then runs BN and the activation itself."""
     if activation not in BN_ACTIVATIONS:
         raise ValueError(f"ofa_fast.batch_norm_act: activation = {activation!r} is not allowed; "
                          f"choose from {', '.join(BN_ACTIVATIONS)}")
@@ -60,6 +61,8 @@ def batch_norm_act(x, bn, activation):
     if C > bn.num_features:
         raise ValueError(f"DynamicBatchNorm2d: input has {C} channels, more than the max "
                          f"{bn.num_features}")
+    if x.shape[2] * x.shape[3] < 64 and not x.is_contiguous(memory_format=torch.channels_last):
+        return None  # NCHW planes this small: PyTorch's BN kernels are faster
     batch_stats = bn.training or not bn.track_running_stats
     if batch_stats and x.shape[0] * x.shape[2] * x.shape[3] <= 1:
         return None  # PyTorch's BN raises its own error for this
