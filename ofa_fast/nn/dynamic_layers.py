@@ -244,7 +244,24 @@ class DynamicLinearLayer(MyModule):
 # ----------------------------------------------------------------------------- MBConv
 
 
-class DynamicMBConvLayer(MyModule):
+class _ChannelListLayer(MyModule):
+    """What the layers with in_channel_list / out_channel_list share: OFA's
+    build_from_config (Class.build_from_config(config)) and in/out_channels (the max)."""
+
+    @classmethod
+    def build_from_config(cls, config):
+        return cls(**_config_args(cls, config))
+
+    @property
+    def in_channels(self):
+        return max(self.in_channel_list)
+
+    @property
+    def out_channels(self):
+        return max(self.out_channel_list)
+
+
+class DynamicMBConvLayer(_ChannelListLayer):
     """MobileNetV2/V3 inverted residual body with elastic kernel size, expand ratio and
     output channels (input channels follow the input)."""
 
@@ -328,18 +345,6 @@ class DynamicMBConvLayer(MyModule):
             "act_func": self.act_func,
             "use_se": self.use_se,
         }
-
-    @staticmethod
-    def build_from_config(config):
-        return DynamicMBConvLayer(**_config_args(DynamicMBConvLayer, config))
-
-    @property
-    def in_channels(self):
-        return max(self.in_channel_list)
-
-    @property
-    def out_channels(self):
-        return max(self.out_channel_list)
 
     def active_middle_channel(self, in_channel):
         return make_divisible(round(in_channel * self.active_expand_ratio),
@@ -437,7 +442,7 @@ class DynamicMBConvLayer(MyModule):
 # ----------------------------------------------------------------------------- conv
 
 
-class DynamicConvLayer(MyModule):
+class DynamicConvLayer(_ChannelListLayer):
     """Conv + BN + activation with elastic output channels (input channels follow the
     input). The conv's padding is kernel_size // 2 whatever the dilation (OFA's)."""
 
@@ -500,18 +505,6 @@ class DynamicConvLayer(MyModule):
             "act_func": self.act_func,
         }
 
-    @staticmethod
-    def build_from_config(config):
-        return DynamicConvLayer(**_config_args(DynamicConvLayer, config))
-
-    @property
-    def in_channels(self):
-        return max(self.in_channel_list)
-
-    @property
-    def out_channels(self):
-        return max(self.out_channel_list)
-
     def get_active_subnet(self, in_channel, preserve_weight=True):
         sub_layer = set_layer_from_config(self.get_active_subnet_config(in_channel))
         sub_layer = sub_layer.to(_net_device(self))
@@ -539,7 +532,7 @@ class DynamicConvLayer(MyModule):
 # ----------------------------------------------------------------------------- ResNet
 
 
-class DynamicResNetBottleneckBlock(MyModule):
+class DynamicResNetBottleneckBlock(_ChannelListLayer):
     """ResNet bottleneck with elastic expand ratio (middle width = expand ratio x output
     channels) and output channels (input channels follow the input)."""
 
@@ -647,18 +640,6 @@ class DynamicResNetBottleneckBlock(MyModule):
             "act_func": self.act_func,
             "downsample_mode": self.downsample_mode,
         }
-
-    @staticmethod
-    def build_from_config(config):
-        return DynamicResNetBottleneckBlock(**_config_args(DynamicResNetBottleneckBlock, config))
-
-    @property
-    def in_channels(self):
-        return max(self.in_channel_list)
-
-    @property
-    def out_channels(self):
-        return max(self.out_channel_list)
 
     @property
     def active_middle_channels(self):
