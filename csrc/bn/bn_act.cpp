@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/cpu_vec.h"
+#include "common/memory_format.h"
 
 namespace ofa_fast {
 namespace {
@@ -63,12 +64,6 @@ OFA_INLINE T act_grad(T z) {
   else if constexpr (A == Act::kHswish)
     return z <= T(-3) ? T(0) : (z < T(3) ? z / T(3) + T(0.5) : T(1));
   else return T(1);
-}
-
-at::MemoryFormat format_of(const at::Tensor& x) {
-  if (x.is_contiguous()) return at::MemoryFormat::Contiguous;
-  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
-  return x.suggest_memory_format();
 }
 
 // ---- forward -------------------------------------------------------------------------
@@ -397,7 +392,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act(
   const int64_t N = input.size(0), C = input.size(1), P = input.size(2) * input.size(3);
   TORCH_CHECK(!training || N * P > 1, op, ": training needs more than one value per channel, got "
               "input of shape ", input.sizes());
-  const at::MemoryFormat fmt = format_of(input);
+  const at::MemoryFormat fmt = kept_memory_format(input);
   const bool rows = fmt == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = input.contiguous(fmt);
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -439,7 +434,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
   check_vec(mean, input, "mean", op);
   check_vec(invstd, input, "invstd", op);
   const int64_t N = input.size(0), C = input.size(1), P = input.size(2) * input.size(3);
-  const at::MemoryFormat fmt = format_of(input);
+  const at::MemoryFormat fmt = kept_memory_format(input);
   const bool rows = fmt == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = input.contiguous(fmt), g = grad_output.contiguous(fmt);
   auto [scale, shift] = affine_of(mean, invstd, weight, bias);

@@ -6,14 +6,13 @@
 
 #include <algorithm>
 
+#include "common/memory_format.h"
 #include "dwconv_index.h"
 
 namespace ofa_fast {
 
 bool dwconv_use_channels_last(const at::Tensor& input) {
-  if (input.is_contiguous()) return false;
-  if (input.is_contiguous(at::MemoryFormat::ChannelsLast)) return true;
-  return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return kept_memory_format(input) == at::MemoryFormat::ChannelsLast;
 }
 
 DwGeometry dwconv_geometry(const at::Tensor& input, const at::Tensor& weight, int64_t k,

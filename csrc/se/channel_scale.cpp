@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/cpu_vec.h"
+#include "common/memory_format.h"
 
 namespace ofa_fast {
 namespace {
@@ -28,12 +29,6 @@ void check_args(const at::Tensor& x, const at::Tensor& s, const char* op) {
   TORCH_CHECK(s.device() == x.device() && s.scalar_type() == x.scalar_type(), op, ": scale (",
               s.scalar_type(), " on ", s.device(), ") must match the input (", x.scalar_type(),
               " on ", x.device(), ")");
-}
-
-at::MemoryFormat format_of(const at::Tensor& x) {
-  if (x.is_contiguous()) return at::MemoryFormat::Contiguous;
-  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
-  return x.suggest_memory_format();
 }
 
 // ---- CPU kernels ----------------------------------------------------------------------
@@ -121,7 +116,7 @@ OFA_CPU_MULTIVERSION void backward_rows(const T* g, const T* x, const T* s, T* g
 at::Tensor channel_scale(const at::Tensor& input, const at::Tensor& scale) {
   const char* op = "ofa_fast.channel_scale";
   check_args(input, scale, op);
-  const at::MemoryFormat fmt = format_of(input);
+  const at::MemoryFormat fmt = kept_memory_format(input);
   if (!input.device().is_cpu()) return input * scale.view({scale.size(0), scale.size(1), 1, 1});
   const at::Tensor x = input.contiguous(fmt), s = scale.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -152,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor> channel_scale_backward(const at::Tensor& grad
     at::Tensor gs = output_mask[1] ? (grad_output * input).sum({2, 3}) : scale.new_empty({0});
     return {gx, gs};
   }
-  const at::MemoryFormat fmt = format_of(input);
+  const at::MemoryFormat fmt = kept_memory_format(input);
   const at::Tensor x = input.contiguous(fmt), g = grad_output.contiguous(fmt), s = scale.contiguous();
   at::Tensor gx = output_mask[0] ? at::empty(x.sizes(), x.options().memory_format(fmt))
                                  : input.new_empty({0});

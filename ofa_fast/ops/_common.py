@@ -10,7 +10,7 @@ def conv_out_size(n, k, s, d, p):
 
 
 def output_memory_format(x: torch.Tensor):
-    """The kernels' rule (csrc/dwconv/dwconv_common.cpp, dwconv_use_channels_last): the
+    """The kernels' rule (csrc/common/memory_format.h, kept_memory_format): the
     output keeps the input's memory format; contiguous wins when both apply."""
     if x.is_contiguous():
         return torch.contiguous_format
