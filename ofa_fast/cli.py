@@ -6,6 +6,9 @@
                      timed against OFA's own module (the `ofa` package) in one run; then
                      an OFA DynamicMBConvLayer switched to ofa_fast by ofa_fast.patch(),
                      timed against the unpatched layer
+    ofa-fast train   trains an OFA supernet end to end: progressive shrinking in one
+                     run, distillation, elastic resolution, DDP (torchrun), resumable
+                     checkpoints; `ofa-fast train --help`, ofa_fast.train
 """
 from __future__ import annotations
 
@@ -171,7 +174,15 @@ def main(argv=None):
     d.add_argument("--size", type=int, default=32)
     d.add_argument("--kernel-sizes", type=int, nargs="+", default=[3, 5, 7], choices=[3, 5, 7])
     d.add_argument("--repeat", type=int, default=5)
+    from ofa_fast import train as train_mod
+
+    t = sub.add_parser("train", help="train an OFA supernet (progressive shrinking)",
+                       description=train_mod.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    train_mod.add_arguments(t)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return train_mod.main(args)
     if args.command == "info":
         print("\n".join(info_lines()))
     elif args.command == "demo":
