@@ -140,7 +140,11 @@ def _measuring_forward(bn, name, estimate):
                              f"{tuple(x.shape)}; expected [N, C, ...] with C <= "
                              f"{bn.num_features}")
         dims = [0] + list(range(2, x.dim()))
-        var, mean = torch.var_mean(x, dim=dims, correction=0)  # biased, as OFA's
+        # biased, as OFA's; statistics of half-precision inputs (autocast) in float32
+        wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        var, mean = torch.var_mean(wide, dim=dims, correction=0)
+        if bn.weight is not None and mean.dtype != bn.weight.dtype:
+            mean, var = mean.to(bn.weight.dtype), var.to(bn.weight.dtype)
         estimate.add(name, mean, var, x.size(0))
         weight = None if bn.weight is None else bn.weight[:channels]
         bias = None if bn.bias is None else bn.bias[:channels]

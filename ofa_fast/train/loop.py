@@ -106,6 +106,18 @@ def _kept_bn_statistics(net):
             v.copy_(sv)
 
 
+def _state_digest(net):
+    """SHA-256 of every tensor of the state_dict (names, dtypes, shapes, bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in net.state_dict().items():
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _atomic_save(obj, path):
     tmp = f"{path}.tmp.{os.getpid()}"
     torch.save(obj, tmp)
@@ -371,8 +383,23 @@ class Run:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, position, optimizer, log, done=False, rows=None):
-        """Writes checkpoint.pt atomically (rank 0; every rank's RNG state gathered)."""
+        """Writes checkpoint.pt atomically (rank 0; every rank's RNG state gathered).
+        With several processes it first checks that every rank holds the very same
+        weights and buffers (a SHA-256 of each rank's state_dict), and fails if not."""
         rng = self.dist.gather(_rng_state(self.device))
+        if self.dist.world > 1:
+            # BN running statistics: each rank's last forward updated its own; DDP
+            # broadcasts rank 0's at the next forward, so do it now (the run's course
+            # does not change) and the ranks hold one state
+            for buf in self.net.buffers():
+                torch.distributed.broadcast(buf, 0)
+            digests = self.dist.gather(_state_digest(self.net))
+            if self.dist.root:
+                log.write(event="ranks", global_step=position["global_step"],
+                          identical=len(set(digests)) == 1, sha256=digests)
+            if len(set(digests)) != 1:
+                raise RuntimeError(f"ofa-fast train: the ranks' weights differ at step "
+                                   f"{position['global_step']}: {digests}")
         if self.dist.root:
             state = {
                 "state_dict": self.net.state_dict(),      # OFA's key, OFA's key names
