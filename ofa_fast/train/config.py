@@ -35,8 +35,8 @@ class TrainConfig:
     batch_size: int = 64
     image_sizes: list = None         # elastic resolution; None: [32, 40] synthetic, [224] folders
     val_image_size: int | None = None
-    lr: float = 0.08
-    warmup_epochs: float = 0.5
+    lr: float = 0.05
+    warmup_epochs: float = 0.25
     warmup_lr: float = 0.0
     momentum: float = 0.9
     weight_decay: float = 3e-5
@@ -54,6 +54,7 @@ class TrainConfig:
     init: str | None = None
     seed: int = 0
     workers: int = 0
+    threads: int = 0
     device: str = "auto"
     amp: str = "off"
     channels_last: bool = False
@@ -178,6 +179,9 @@ def add_arguments(p):
     g.add_argument("--amp", default=d.amp, choices=["off", "bf16", "fp16"])
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
+    g.add_argument("--threads", type=int, default=d.threads,
+                   help="CPU threads of torch in each process (0: torch's default). On a "
+                        "machine where other jobs hold cores, 1 avoids OpenMP's stalls")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="steps between checkpoints (0: at the end of each epoch only)")
@@ -225,7 +229,7 @@ def check_config(cfg):
         _check(path is None or os.path.isfile(path), f"--{name} {path!r}: no such file")
     for name, minimum in (("batch_size", 1), ("subnets_per_step", 1), ("val_every", 1),
                           ("calib_images", 1), ("train_samples", 1), ("val_samples", 1),
-                          ("log_every", 1), ("val_subnets", 0), ("workers", 0),
+                          ("log_every", 1), ("val_subnets", 0), ("workers", 0), ("threads", 0),
                           ("checkpoint_every", 0), ("stop_after_steps", 0)):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= minimum,

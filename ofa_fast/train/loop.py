@@ -343,7 +343,8 @@ class Run:
         cfg, size = self.cfg, self.cfg.val_image_size
         if self.calib is None:
             self.calib = [b.to(self.device) for b in self.data.calibration_batches(
-                self.train_set, num_images=cfg.calib_images, batch_size=cfg.batch_size,
+                self.train_set, num_images=min(cfg.calib_images, len(self.train_set)),
+                batch_size=cfg.batch_size,
                 image_size=size, seed=cfg.seed)]
             if cfg.channels_last:
                 self.calib = [b.contiguous(memory_format=torch.channels_last) for b in self.calib]
@@ -640,9 +641,14 @@ def train(cfg):
     """Runs (or resumes) the training run `cfg` (a checked TrainConfig). Returns a dict:
     "stopped" (True when --stop-after-steps or a signal ended it early), "rows" (the
     final validation: one dict per subnet), "out"."""
-    run = Run(cfg)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = None
     try:
+        run = Run(cfg)
         return run.run()
     finally:
-        if run.dist.world > 1 and torch.distributed.is_initialized():
+        torch.set_num_threads(threads)
+        if run is not None and run.dist.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
