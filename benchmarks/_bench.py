@@ -4,6 +4,7 @@ import collections
 import torch
 
 RESULTS = collections.defaultdict(dict)  # group -> impl -> median seconds
+COMPILATIONS = collections.defaultdict(dict)  # group -> impl -> (compilations, steps)
 
 
 def record(benchmark, group, impl):

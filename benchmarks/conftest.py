@@ -4,7 +4,7 @@ the session (the ratio in one run is the figure; absolute times are noise here).
 import pytest
 import torch
 
-from _bench import RESULTS
+from _bench import COMPILATIONS, RESULTS
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +29,13 @@ def pytest_terminal_summary(terminalreporter):
             cells = [f"{name} {t * 1e3:.2f} ms"]
             if "ofa" in others:
                 cells.append(f"x{others['ofa'] / t:.1f} vs ofa")
+            for other in sorted(k for k in others if k.startswith("ofa_")):  # e.g. ofa_compiled
+                cells.append(f"x{others[other] / t:.1f} vs {other}")
             if best_torch is not None:
                 cells.append(f"x{best_torch / t:.2f} vs best F.conv2d")
             parts.append(", ".join(cells))
         tr.write_line(f"{group}: " + " | ".join(parts))
+    for group in sorted(COMPILATIONS):
+        cells = [f"{impl} {n} compilation(s) in {steps} steps"
+                 for impl, (n, steps) in sorted(COMPILATIONS[group].items())]
+        tr.write_line(f"{group}: " + " | ".join(cells))

@@ -27,21 +27,23 @@ at::Tensor grad_or_undefined(bool needed, const at::Tensor& g) {
 
 // ---- sliced linear / pointwise conv: (x, weight, bias?, out) ------------------------
 
+// `out` is a SymInt in the schema: under torch.compile an elastic width stays symbolic
+// through this autograd kernel (an int64_t here would specialise it to its value)
 using SlicedFwd = at::Tensor(const at::Tensor&, const at::Tensor&,
-                             const std::optional<at::Tensor>&, int64_t);
+                             const std::optional<at::Tensor>&, c10::SymInt);
 using SlicedBwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 3>);
 
 template <const char* Fwd, const char* Bwd>
 struct SlicedFunction : public torch::autograd::Function<SlicedFunction<Fwd, Bwd>> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, int64_t out) {
+                            const std::optional<at::Tensor>& bias, c10::SymInt out) {
     static const auto op = op_handle<SlicedFwd>(Fwd);
     const bool has_bias = bias.has_value() && bias->defined();
     ctx->saved_data["has_bias"] = has_bias;
     ctx->save_for_backward({x, weight});
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, weight, bias, out);
+    return op.call(x, weight, bias, std::move(out));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -64,13 +66,13 @@ constexpr char kPointwise[] = "ofa_fast::pointwise_conv2d";
 constexpr char kPointwiseBwd[] = "ofa_fast::pointwise_conv2d_backward";
 
 at::Tensor sliced_linear_autograd(const at::Tensor& x, const at::Tensor& weight,
-                                  const std::optional<at::Tensor>& bias, int64_t out) {
-  return SlicedFunction<kLinear, kLinearBwd>::apply(x, weight, bias, out);
+                                  const std::optional<at::Tensor>& bias, c10::SymInt out) {
+  return SlicedFunction<kLinear, kLinearBwd>::apply(x, weight, bias, std::move(out));
 }
 
 at::Tensor pointwise_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
-                                     const std::optional<at::Tensor>& bias, int64_t out) {
-  return SlicedFunction<kPointwise, kPointwiseBwd>::apply(x, weight, bias, out);
+                                     const std::optional<at::Tensor>& bias, c10::SymInt out) {
+  return SlicedFunction<kPointwise, kPointwiseBwd>::apply(x, weight, bias, std::move(out));
 }
 
 // ---- depthwise conv: (x, weight, k, stride, dilation, padding) ----------------------

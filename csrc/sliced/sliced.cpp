@@ -320,14 +320,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_backward(
 
 // Schemas: next to their kernels; TORCH_LIBRARY(ofa_fast) in csrc/ofa_fast.cpp calls this.
 void register_sliced_schemas(torch::Library& m) {
-  m.def("sliced_linear(Tensor input, Tensor weight, Tensor? bias, int out_features) -> Tensor");
+  m.def("sliced_linear(Tensor input, Tensor weight, Tensor? bias, SymInt out_features) -> Tensor");
   m.def("sliced_linear_backward(Tensor grad_output, Tensor input, Tensor weight, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-  m.def("pointwise_conv2d(Tensor input, Tensor weight, Tensor? bias, int out_channels) -> Tensor");
+  m.def("pointwise_conv2d(Tensor input, Tensor weight, Tensor? bias, SymInt out_channels) -> Tensor");
   m.def("pointwise_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // inference only (no autograd): the eval-mode conv + folded BN + activation
-  m.def("pointwise_conv2d_act(Tensor input, Tensor weight, Tensor? bias, int out_channels, "
+  m.def("pointwise_conv2d_act(Tensor input, Tensor weight, Tensor? bias, SymInt out_channels, "
         "str activation) -> Tensor");
 }
 

@@ -10,7 +10,8 @@ module_str and state_dict keys (OFA's checkpoints and net configs load unchanged
   (checked against the search space), get_active_subnet, get_active_net_config,
   re_organize_middle_weights, and active_macs / active_params;
 - net_config_macs / net_config_params: MACs and parameters of a static net config,
-  without building it.
+  without building it;
+- compile_supernet: torch.compile once for all subnets of a supernet (networks/compiled.py).
 
     net = ofa_fast.networks.OFAMobileNetV3(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6],
                                            depth_list=[2, 3, 4])
@@ -18,6 +19,7 @@ module_str and state_dict keys (OFA's checkpoints and net configs load unchanged
     net.set_active_subnet(ks=[...], e=[...], d=[...])
     subnet = net.get_active_subnet()          # ofa_fast.networks.MobileNetV3
 """
+from .compiled import CompiledSupernet, compile_supernet
 from .counting import layer_config_macs_params, net_config_macs, net_config_params
 from .mobilenet_v3 import MobileNetV3, MobileNetV3Large
 from .ofa_mbv3 import OFAMobileNetV3
@@ -31,7 +33,7 @@ __all__ = [
     "MobileNetV3", "MobileNetV3Large", "ProxylessNASNets", "MobileNetV2", "ResNets", "ResNet50",
     "ResNet50D", "get_net_by_name",
     # supernets
-    "OFAMobileNetV3", "OFAProxylessNASNets", "OFAResNets",
+    "OFAMobileNetV3", "OFAProxylessNASNets", "OFAResNets", "compile_supernet", "CompiledSupernet",
     # counting
     "net_config_macs", "net_config_params", "layer_config_macs_params",
 ]

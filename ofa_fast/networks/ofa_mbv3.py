@@ -16,12 +16,16 @@ from __future__ import annotations
 import copy
 import random
 
+import torch
+
 from ..nn.dynamic_layers import DynamicMBConvLayer
 from ..nn.layers import ConvLayer, IdentityLayer, LinearLayer, MBConvLayer, ResidualBlock
 from ..nn.utils import MyNetwork, make_divisible, val2list
+from ..ops import transform_chain
 from ._common import (SUPERNET_RENAMES, check_bn_param, check_constraint, check_dropout, check_int,
                       check_positive, expand_setting, is_int, is_number, load_ofa_state_dict,
                       sorted_list, subnet_dtype)
+from .compiled import run_optional
 from .counting import net_config_macs, net_config_params
 from .mobilenet_v3 import MobileNetV3
 
@@ -72,6 +76,66 @@ class ElasticMBMixin:
     def _active_block_indices(self):
         for stage_id, block_idx in enumerate(self.block_group_info):
             yield from block_idx[:self.runtime_depth[stage_id]]
+
+    # ------------------------------------------------------------------ compiled forward
+    # (ofa_fast.compile_supernet: one graph for every subnet; see networks/compiled.py)
+
+    def _always_run(self):
+        """Per stage, the number of its leading blocks every allowed depth runs (the
+        others are optional: torch.cond in the compiled forward)."""
+        return [min(allowed) for allowed in self._allowed("depth")]
+
+    def _elastic_plan(self):
+        """The active subnet as (settings, active): every elastic block's
+        active_settings (4 ints each, in block order), checked; and a bool tensor with
+        one entry per block a depth setting can skip, true where it runs."""
+        settings, active = [], []
+        in_channel = self.blocks[0].conv.out_channels
+        for stage_id, (block_idx, always) in enumerate(zip(self.block_group_info,
+                                                           self._always_run())):
+            for j, idx in enumerate(block_idx):
+                conv = self.blocks[idx].conv
+                settings.extend(conv.active_settings(in_channel))
+                if j >= always:
+                    active.append(j < self.runtime_depth[stage_id])
+                in_channel = conv.active_out_channel
+        return settings, torch.tensor(active, dtype=torch.bool)
+
+    def _elastic_unused_parameters(self):
+        """ids of the parameters the active subnet does not use: the skipped blocks'
+        and the kernel-transform matrices the active kernel sizes do not take."""
+        active = set(self._active_block_indices())
+        unused = set()
+        for idx in range(1, len(self.blocks)):
+            layer = self.blocks[idx].conv
+            if idx not in active:
+                unused.update(id(p) for p in layer.parameters())
+                continue
+            dc = layer.depth_conv.conv
+            chain = transform_chain(dc._ks_set, layer.active_kernel_size)
+            taken = {"%dto%d_matrix" % (a, b) for a, b in zip(chain, chain[1:])}
+            unused.update(id(p) for n, p in dc.named_parameters(recurse=False)
+                          if n.endswith("_matrix") and n not in taken)
+        return unused
+
+    def _elastic_forward(self, x, settings, active):
+        """forward(x) of the subnet _elastic_plan() described, traceable as one graph
+        for every subnet: settings may be symbolic ints, active a tensor."""
+        x = self.blocks[0](self.first_conv(x))
+        pos = optional = 0
+        for block_idx, always in zip(self.block_group_info, self._always_run()):
+            for j, idx in enumerate(block_idx):
+                block = self.blocks[idx]
+                block_settings = tuple(settings[pos:pos + 4])
+                pos += 4
+                if j >= always:
+                    x = run_optional(block.conv, active[optional], x, block_settings,
+                                     block.shortcut)
+                    optional += 1
+                else:
+                    out = block.conv(x, settings=block_settings)
+                    x = out if block.shortcut is None else out + block.shortcut(x)
+        return self._head(x)
 
     # ------------------------------------------------------------------ search space
 
@@ -297,6 +361,9 @@ class OFAMobileNetV3(ElasticMBMixin, MobileNetV3):
         x = self.blocks[0](x)
         for idx in self._active_block_indices():
             x = self.blocks[idx](x)
+        return self._head(x)
+
+    def _head(self, x):
         x = self.final_expand_layer(x)
         x = self.global_avg_pool(x)
         x = self.feature_mix_layer(x)

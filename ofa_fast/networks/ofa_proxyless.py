@@ -95,6 +95,9 @@ class OFAProxylessNASNets(ElasticMBMixin, ProxylessNASNets):
         x = self.blocks[0](x)
         for idx in self._active_block_indices():
             x = self.blocks[idx](x)
+        return self._head(x)
+
+    def _head(self, x):
         x = self.feature_mix_layer(x)
         x = self.global_avg_pool(x)
         return self.classifier(x)

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 from ..nn.dynamic_layers import DynamicConvLayer, DynamicLinearLayer, DynamicResNetBottleneckBlock
 from ..nn.layers import IdentityLayer, ResidualBlock
 from ..nn.utils import MyNetwork, make_divisible, val2list
 from ._common import (RESNET_SUPERNET_RENAMES, check_bn_param, check_dropout, check_int,
                       expand_setting, is_int, is_number, load_ofa_state_dict, sorted_list,
                       subnet_dtype)
+from .compiled import run_optional
 from .counting import net_config_macs, net_config_params
 from .resnets import ResNets
 
@@ -96,6 +99,81 @@ class OFAResNets(ResNets):
         x = self.max_pooling(x)
         for idx in self._active_block_indices():
             x = self.blocks[idx](x)
+        x = self.global_avg_pool(x)
+        return self.classifier(x)
+
+    # ------------------------------------------------------------------ compiled forward
+    # (ofa_fast.compile_supernet: one graph for every subnet; see networks/compiled.py)
+
+    def _stem_optional(self):
+        """Whether a depth setting can skip the input stem's residual layer."""
+        return len(set(self.depth_list)) > 1
+
+    def _always_run(self):
+        """Per stage, the number of its leading blocks every depth runs."""
+        cut = max(self.depth_list) - min(self.depth_list)
+        return [len(block_idx) - cut for block_idx in self.grouped_block_index]
+
+    def _elastic_plan(self):
+        """The active subnet as (settings, active): [stem width, stem output width,
+        the 4 stage widths, every block's middle width], checked; and a bool tensor with
+        one entry per layer a depth setting can skip (the stem's residual layer first),
+        true where it runs. A stage's blocks share its width (one symbol in the graph)."""
+        owner = f"{type(self).__name__}: compile_supernet"
+        (w0,) = self.input_stem[0].active_settings(3)
+        if self.input_stem[1].conv.active_settings(w0) != (w0,):
+            raise ValueError(f"{owner}: the input stem's residual layer must keep the stem's "
+                             f"width {w0}, got {self.input_stem[1].conv.active_out_channel}")
+        (w1,) = self.input_stem[2].active_settings(w0)
+        stage_widths, mids, active = [], [], []
+        if self._stem_optional():
+            active.append(not self.input_stem_skipping > 0)
+        in_channel = w1
+        for stage_id, (block_idx, always) in enumerate(zip(self.grouped_block_index,
+                                                           self._always_run())):
+            width = self.blocks[block_idx[0]].active_out_channel
+            stage_widths.append(width)
+            for j, idx in enumerate(block_idx):
+                mid, out = self.blocks[idx].active_settings(in_channel)
+                if out != width:
+                    raise ValueError(f"{owner}: the blocks of stage {stage_id} must share one "
+                                     f"width; block {idx} has {out}, the stage's first {width}")
+                mids.append(mid)
+                if j >= always:
+                    active.append(j < len(block_idx) - self.runtime_depth[stage_id])
+                in_channel = width
+        return [w0, w1] + stage_widths + mids, torch.tensor(active, dtype=torch.bool)
+
+    def _elastic_unused_parameters(self):
+        """ids of the parameters of the layers the active subnet skips."""
+        layers = [self.input_stem[1]] if self._skipped(self.input_stem[1]) else []
+        active = set(self._active_block_indices())
+        layers += [block for idx, block in enumerate(self.blocks) if idx not in active]
+        return {id(p) for layer in layers for p in layer.parameters()}
+
+    def _elastic_forward(self, x, settings, active):
+        """forward(x) of the subnet _elastic_plan() described, traceable as one graph
+        for every subnet: settings may be symbolic ints, active a tensor."""
+        w0, w1 = settings[0], settings[1]
+        stage_widths, mids = settings[2:6], settings[6:]
+        x = self.input_stem[0](x, settings=(w0,))
+        residual, optional = self.input_stem[1], 0
+        if self._stem_optional():
+            x = run_optional(residual.conv, active[0], x, (w0,), residual.shortcut)
+            optional = 1
+        else:
+            x = residual.conv(x, settings=(w0,)) + residual.shortcut(x)
+        x = self.input_stem[2](x, settings=(w1,))
+        x = self.max_pooling(x)
+        for width, block_idx, always in zip(stage_widths, self.grouped_block_index,
+                                            self._always_run()):
+            for j, idx in enumerate(block_idx):
+                block_settings = (mids[idx], width)
+                if j >= always:
+                    x = run_optional(self.blocks[idx], active[optional], x, block_settings)
+                    optional += 1
+                else:
+                    x = self.blocks[idx](x, settings=block_settings)
         x = self.global_avg_pool(x)
         return self.classifier(x)
 

@@ -35,6 +35,7 @@ from .layers import (
     ResNetBottleneckBlock,
     set_layer_from_config,
 )
+from ..ops._common import is_symbolic
 from .fused import bn_act, conv_bn_act
 from .utils import (
     MyModule,
@@ -101,6 +102,8 @@ def _check_in_list(owner, name, value, allowed):
 
 
 def _check_channels(owner, name, value, maximum):
+    if is_symbolic(value):  # an input's width in a compiled supernet: see ops/_common.py
+        return
     if not _is_int(value) or not 1 <= value <= maximum:
         raise ValueError(f"{owner}: {name} = {value!r} is not allowed; it must be an int between 1 "
                          f"and the max {maximum}")
@@ -308,24 +311,41 @@ class DynamicMBConvLayer(_ChannelListLayer):
         _check_channels(name, "active_out_channel", self.active_out_channel, self.out_channels)
         _check_channels(name, "in_channel", in_channel, self.in_channels)
 
-    def forward(self, x):
-        _check_input(type(self).__name__, x)
-        in_channel = x.size(1)
+    def active_settings(self, in_channel):
+        """The active settings for `in_channel` input channels, checked, as ints:
+        (kernel_size, middle_channel, se_mid_channel (0 without SE), out_channel).
+        forward(x, settings) runs them (ofa_fast.compile_supernet passes them in as
+        symbolic ints, so one graph serves every subnet)."""
         self._check_active(in_channel)
-        if self.inverted_bottleneck is not None:
-            self.inverted_bottleneck.conv.active_out_channel = self.active_middle_channel(in_channel)
-        self.depth_conv.conv.active_kernel_size = self.active_kernel_size
-        self.point_linear.conv.active_out_channel = self.active_out_channel
+        middle = self.active_middle_channel(in_channel) if self.inverted_bottleneck is not None \
+            else in_channel
+        se_mid = self.depth_conv.se.active_mid_channel(middle) if self.use_se else 0
+        return self.active_kernel_size, middle, se_mid, self.active_out_channel
 
-        if self.inverted_bottleneck is not None:
-            ib = self.inverted_bottleneck
-            x = conv_bn_act(ib.conv, ib.bn, getattr(ib, "act", None), x, ib.conv.active_out_channel)
-        dc = self.depth_conv
-        x = bn_act(dc.bn, getattr(dc, "act", None), dc.conv(x))
+    def forward(self, x, settings=None):
+        """settings: None (the active_* attributes), or active_settings(x.size(1)) as
+        it was (its values are not checked again: they may be symbolic)."""
+        _check_input(type(self).__name__, x)
+        ib, dc, pl = self.inverted_bottleneck, self.depth_conv, self.point_linear
+        if settings is None:
+            in_channel = x.size(1)
+            self._check_active(in_channel)
+            middle, se_mid = self.active_middle_channel(in_channel), None
+            kernel_size, out = self.active_kernel_size, self.active_out_channel
+            # the children's active values, as OFA's forward sets them
+            if ib is not None:
+                ib.conv.active_out_channel = middle
+            dc.conv.active_kernel_size = kernel_size
+            pl.conv.active_out_channel = out
+        else:
+            kernel_size, middle, se_mid, out = settings
+
+        if ib is not None:
+            x = conv_bn_act(ib.conv, ib.bn, getattr(ib, "act", None), x, middle)
+        x = bn_act(dc.bn, getattr(dc, "act", None), dc.conv(x, kernel_size))
         if getattr(dc, "se", None) is not None:
-            x = dc.se(x)
-        pl = self.point_linear
-        return conv_bn_act(pl.conv, pl.bn, None, x, self.active_out_channel)
+            x = dc.se(x, num_mid=se_mid)
+        return conv_bn_act(pl.conv, pl.bn, None, x, out)
 
     @property
     def module_str(self):
@@ -479,13 +499,21 @@ class DynamicConvLayer(_ChannelListLayer):
         _check_channels(name, "active_out_channel", self.active_out_channel, self.out_channels)
         _check_channels(name, "in_channel", in_channel, self.in_channels)
 
-    def forward(self, x):
+    def active_settings(self, in_channel):
+        """(out_channel,), checked: see DynamicMBConvLayer.active_settings."""
+        self._check_active(in_channel)
+        return (self.active_out_channel,)
+
+    def forward(self, x, settings=None):
         _check_input(type(self).__name__, x)
-        self._check_active(x.size(1))
-        self.conv.active_out_channel = self.active_out_channel
+        if settings is None:
+            self._check_active(x.size(1))
+            out = self.conv.active_out_channel = self.active_out_channel
+        else:
+            (out,) = settings
         if self.use_bn:
-            return conv_bn_act(self.conv, self.bn, self.act, x, self.active_out_channel)
-        x = self.conv(x)
+            return conv_bn_act(self.conv, self.bn, self.act, x, out)
+        x = self.conv(x, out)
         return self.act(x) if self.act is not None else x
 
     @property
@@ -595,27 +623,36 @@ class DynamicResNetBottleneckBlock(_ChannelListLayer):
             raise ValueError(f"{name}: in_channel = {in_channel} must equal active_out_channel = "
                              f"{self.active_out_channel}: the shortcut is an identity")
 
-    def forward(self, x):
-        _check_input(type(self).__name__, x)
-        self._check_active(x.size(1))
-        feature_dim = self.active_middle_channels
-        self.conv1.conv.active_out_channel = feature_dim
-        self.conv2.conv.active_out_channel = feature_dim
-        self.conv3.conv.active_out_channel = self.active_out_channel
-        if not _is_identity(self.downsample):
-            self.downsample.conv.active_out_channel = self.active_out_channel
+    def active_settings(self, in_channel):
+        """(middle_channel, out_channel), checked: see
+        DynamicMBConvLayer.active_settings."""
+        self._check_active(in_channel)
+        return self.active_middle_channels, self.active_out_channel
 
+    def forward(self, x, settings=None):
+        _check_input(type(self).__name__, x)
         ds = self.downsample
+        if settings is None:
+            self._check_active(x.size(1))
+            feature_dim, out = self.active_middle_channels, self.active_out_channel
+            self.conv1.conv.active_out_channel = feature_dim
+            self.conv2.conv.active_out_channel = feature_dim
+            self.conv3.conv.active_out_channel = out
+            if not _is_identity(ds):
+                ds.conv.active_out_channel = out
+        else:
+            feature_dim, out = settings
+
         if isinstance(ds, nn.Sequential) and hasattr(ds, "conv") and hasattr(ds, "bn"):
             pooled = ds.avg_pool(x) if hasattr(ds, "avg_pool") else x
-            residual = conv_bn_act(ds.conv, ds.bn, None, pooled, self.active_out_channel)
+            residual = conv_bn_act(ds.conv, ds.bn, None, pooled, out)
         else:
             residual = ds(x)
         x = conv_bn_act(self.conv1.conv, self.conv1.bn, getattr(self.conv1, "act", None), x,
                         feature_dim)
         x = conv_bn_act(self.conv2.conv, self.conv2.bn, getattr(self.conv2, "act", None), x,
                         feature_dim)
-        x = conv_bn_act(self.conv3.conv, self.conv3.bn, None, x, self.active_out_channel)
+        x = conv_bn_act(self.conv3.conv, self.conv3.bn, None, x, out)
         x = x + residual
         return self.final_act(x) if self.final_act is not None else x
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.nn.parameter import Parameter
 
 from .. import ops
+from ..ops._common import is_int, is_symbolic, known_equal
 from .utils import Hsigmoid, MyNetwork, SEModule, get_same_padding, make_divisible, sub_filter_start_end
 
 __all__ = [
@@ -75,6 +76,8 @@ class DynamicSeparableConv2d(nn.Module):
                 if name.endswith("_matrix")}
 
     def _check_kernel_size(self, kernel_size):
+        if is_symbolic(kernel_size):  # torch.compile: checked eagerly, and by the op (ops/_common.py)
+            return
         if kernel_size not in self._ks_set:
             raise ValueError(f"{type(self).__name__}: kernel_size {kernel_size!r} is not in "
                              f"kernel_size_list {self._ks_set}")
@@ -109,7 +112,8 @@ class DynamicSeparableConv2d(nn.Module):
 
 
 def _check_active(owner, name, value, maximum, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+    # a symbolic value (torch.compile) is not compared: see ops/_common.py
+    if not is_int(value) or (not is_symbolic(value) and not minimum <= value <= maximum):
         raise ValueError(f"{owner}: {name} = {value!r} is not allowed; it must be an int between "
                          f"{minimum} and {maximum}")
 
@@ -164,6 +168,9 @@ class DynamicConv2d(nn.Module):
                             self.dilation, 1)
         if self.kernel_size == 1:
             return ops.pointwise_conv2d(x, weight, None, out_channel, self.stride, op=name)
+        if is_symbolic(out_channel):  # torch.compile: the slice inside one op (ops/sliced_conv2d.py)
+            return ops.sliced_conv2d(x, weight, out_channel, self.stride,
+                                     get_same_padding(self.kernel_size), self.dilation)
         filters = self.get_active_filter(out_channel, x.size(1))  # a view, no copy
         return F.conv2d(x, filters, None, self.stride, get_same_padding(self.kernel_size),
                         self.dilation, 1)
@@ -259,7 +266,9 @@ class DynamicBatchNorm2d(nn.Module):
 
     @staticmethod
     def bn_forward(x, bn: nn.BatchNorm2d, feature_dim):
-        if bn.num_features == feature_dim or DynamicBatchNorm2d.SET_RUNNING_STATISTICS \
+        # (known_equal: a symbolic width (torch.compile) takes the slicing path, which
+        # computes the same at full width, rather than a guard on its value)
+        if known_equal(bn.num_features, feature_dim) or DynamicBatchNorm2d.SET_RUNNING_STATISTICS \
                 or _ofa_set_running_statistics():
             return bn(x)
         if feature_dim > bn.num_features:
@@ -267,7 +276,7 @@ class DynamicBatchNorm2d(nn.Module):
                              f"the max {bn.num_features}")
         exponential_average_factor = 0.0
         if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked += 1
+            bn.num_batches_tracked.add_(1)  # in place, no setattr (traceable inside torch.cond)
             if bn.momentum is None:  # cumulative moving average
                 exponential_average_factor = 1.0 / float(bn.num_batches_tracked)
             else:
@@ -352,11 +361,18 @@ class DynamicSE(SEModule):
         return torch.cat([b[:sub_in] for b in torch.chunk(self.fc.expand.bias, groups, dim=0)],
                          dim=0)
 
-    def forward(self, x, groups=None):
+    def active_mid_channel(self, in_channel):
+        """The middle width for `in_channel` input channels (OFA's rounding)."""
+        return make_divisible(in_channel // self.reduction, divisor=MyNetwork.CHANNEL_DIVISIBLE)
+
+    def forward(self, x, groups=None, num_mid=None):
+        """num_mid: the middle width, default active_mid_channel(x.size(1)) (the dynamic
+        layers pass it in a compiled supernet, where it is a symbolic int)."""
         name = type(self).__name__
         _check_input_channels(name, x, self.channel)
         in_channel = x.size(1)
-        num_mid = make_divisible(in_channel // self.reduction, divisor=MyNetwork.CHANNEL_DIVISIBLE)
+        if num_mid is None:
+            num_mid = self.active_mid_channel(in_channel)
         y = x.mean((2, 3), keepdim=True)  # one pass (OFA: two, over W then H)
         if groups is None or groups == 1:
             y = ops.pointwise_conv2d(y, self.fc.reduce.weight, self.fc.reduce.bias, num_mid, op=name)

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops._common import is_symbolic
 from .utils import Hswish
 
 __all__ = ["fusion", "fusion_enabled", "conv_bn_act", "bn_act"]
@@ -78,7 +79,14 @@ def _foldable_bn(bn):
 def _fold(conv, inner, n, in_channels):
     """The folded [n, in, k, k] weight and the shift of conv + eval-mode BN. Computed on
     every call: a cache keyed by tensor versions would miss writes through .data (OFA's
-    set_running_statistics and copy_bn write that way)."""
+    set_running_statistics and copy_bn write that way).
+
+    A symbolic n (torch.compile, ofa_fast.compile_supernet) folds the whole max weight
+    instead, [max_out, max_in, k, k] and [max_out]: static shapes, which the ops then
+    slice inside (a sliced view's layout depends on the width, and the fake kernels of
+    an elementwise op on it would guard on it)."""
+    if is_symbolic(n):
+        return _fold_full(conv, inner)
     scale = inner.running_var[:n].add(inner.eps).rsqrt()
     if inner.weight is not None:
         scale = scale * inner.weight[:n]
@@ -86,6 +94,16 @@ def _fold(conv, inner, n, in_channels):
     if inner.bias is not None:
         shift = shift + inner.bias[:n]
     return conv.conv.weight[:n, :in_channels] * scale.view(n, 1, 1, 1), shift  # computed
+
+
+def _fold_full(conv, inner):
+    scale = inner.running_var.add(inner.eps).rsqrt()
+    if inner.weight is not None:
+        scale = scale * inner.weight
+    shift = -inner.running_mean * scale
+    if inner.bias is not None:
+        shift = shift + inner.bias
+    return conv.conv.weight * scale.view(-1, 1, 1, 1), shift
 
 
 def conv_bn_act(conv, bn, act, x, out_channels):
@@ -103,7 +121,11 @@ def conv_bn_act(conv, bn, act, x, out_channels):
                                                              inner.bias) if p is not None))
         folded, shift = _fold(conv, inner, n, x.size(1))
         if conv.kernel_size > 1:  # k x k (ResNet stems): PyTorch's conv on the folded filter
-            y = F.conv2d(x, folded, shift, conv.stride, conv.kernel_size // 2, conv.dilation)
+            if is_symbolic(n):  # the full fold, sliced in the op
+                y = ops.sliced_conv2d(x, folded, n, conv.stride, conv.kernel_size // 2,
+                                      conv.dilation) + shift[:n].view(1, -1, 1, 1)
+            else:
+                y = F.conv2d(x, folded, shift, conv.stride, conv.kernel_size // 2, conv.dilation)
             return _act_(act, y)
         if kind != "other" and not tracked:
             # inference: GEMM + activation block by block in one op (csrc/sliced)

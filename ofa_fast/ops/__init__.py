@@ -13,6 +13,7 @@ from .dwconv import check_dwconv_args, dwconv2d, dwconv2d_reference
 from .elastic_dwconv import elastic_dwconv2d, transform_chain
 from .kernel_transform import kernel_transform, kernel_transform_reference
 from .linear import pointwise_conv2d, pointwise_conv2d_act, sliced_linear
+from .sliced_conv2d import sliced_conv2d
 
 if _backend._why_unusable("triton", None) is None:
     _dwconv_mod._register_triton()
@@ -30,6 +31,7 @@ __all__ = [
     "kernel_transform_reference",
     "pointwise_conv2d",
     "pointwise_conv2d_act",
+    "sliced_conv2d",
     "sliced_linear",
     "transform_chain",
 ]

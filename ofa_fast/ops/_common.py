@@ -53,3 +53,52 @@ def register_conv_autograd(name, backward_input, backward_weight):
         return gx, gw, None, None, None, None
 
     torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+
+def autocast_inputs(x, weight, bias=None, out=None, in_dim=1):
+    """Under torch.autocast on x's device, the floating tensors of a conv / linear op
+    cast to the autocast dtype, as autocast does for aten's convolutions and GEMMs (the
+    "lower precision" ops): the active block weight[:out, :in] only (in = x's size along
+    in_dim), so the cast copies no more than the active weights. Outside autocast, or
+    when nothing needs a cast, the arguments come back unchanged."""
+    device = x.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return x, weight, bias, out
+    dtype = torch.get_autocast_dtype(device)
+    if not x.is_floating_point() or (x.dtype == dtype and weight.dtype == dtype
+                                      and (bias is None or bias.dtype == dtype)):
+        return x, weight, bias, out
+    rows = weight.shape[0] if out is None else out
+    weight = weight[:rows, :x.shape[in_dim]] if weight.shape[1] != 1 else weight[:rows]
+    bias = None if bias is None else bias[:rows].to(dtype)
+    return x.to(dtype), weight.to(dtype), bias, rows
+
+
+# ---- symbolic ints (torch.compile) ----------------------------------------------------
+#
+# Under torch.compile with dynamic elastic settings (ofa_fast.compile_supernet), a channel
+# count or kernel size reaches the wrappers as a symbolic int. A Python branch or check on
+# its value would make Dynamo guard on (specialise to) that value and recompile for the
+# next subnet, so the wrappers check such values' types only: their values were checked
+# when the subnet's settings were read (eagerly), and the kernels check them again when
+# the graph runs.
+
+def is_symbolic(value):
+    """True for an int that may be symbolic: a torch.SymInt, or any int while Dynamo
+    traces (it shows a symbolic int to Python code as a plain int)."""
+    if isinstance(value, torch.SymInt):
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) \
+        and torch.compiler.is_compiling()
+
+
+def is_int(value):
+    """A Python int (not a bool) or a symbolic one."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or is_symbolic(value)
+
+
+def known_equal(a, b):
+    """a == b, known without a guard (always False for two unrelated symbolic sizes)."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return statically_known_true(a == b)

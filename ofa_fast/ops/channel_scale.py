@@ -49,6 +49,11 @@ def channel_scale(x, s, op="ofa_fast.channel_scale"):
     if tuple(s.shape) != (N, C):
         raise ValueError(f"{op}: scale must be [N, C] = [{N}, {C}] (or [N, C, 1, 1]), got shape "
                          f"{tuple(s.shape)}")
+    if s.dtype != x.dtype and s.device == x.device and torch.is_autocast_enabled(x.device.type):
+        # under autocast the two come from ops of different precision policies: the
+        # product takes the wider type, as aten's mul does
+        dtype = torch.promote_types(x.dtype, s.dtype)
+        x, s = x.to(dtype), s.to(dtype)
     if s.dtype != x.dtype or s.device != x.device:
         raise TypeError(f"{op}: scale ({s.dtype} on {s.device}) must match the input "
                         f"({x.dtype} on {x.device})")

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import _ext, backend
-from ._common import conv_out_size, output_memory_format, register_conv_autograd
+from ._common import autocast_inputs, conv_out_size, output_memory_format, register_conv_autograd
 
-__all__ = ["dwconv2d", "dwconv2d_reference", "check_dwconv_args"]
+__all__ = ["dwconv2d", "dwconv2d_backward", "dwconv2d_reference", "check_dwconv_args"]
 
 
 def check_dwconv_args(x, weight, kernel_size, stride, dilation, padding, op="ofa_fast.dwconv2d"):
@@ -161,6 +161,56 @@ def dwconv2d(x, weight, kernel_size, stride=1, dilation=1, padding=None):
     """
     if padding is None:
         padding = kernel_size // 2 if isinstance(kernel_size, int) else kernel_size
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dim() == 4 \
+            and weight.dim() == 4:
+        x, weight, _, _ = autocast_inputs(x, weight, None, x.shape[1])
     check_dwconv_args(x, weight, kernel_size, stride, dilation, padding)
     name = backend.resolve(x.device.type, x.dtype)
     return _IMPLS[name](x, weight, kernel_size, stride, dilation, padding)
+
+
+# ---- both gradients, without autograd -------------------------------------------------
+# (ops/elastic_dwconv.py's compiled-graph op computes its backward with these)
+
+def _backward_reference(grad_output, x, weight, kernel_size, stride, dilation, padding, mask):
+    C, K = x.shape[1], weight.shape[2]
+    start = K // 2 - kernel_size // 2
+    window = (slice(None, C), slice(None), slice(start, start + kernel_size),
+              slice(start, start + kernel_size))
+    gx, gf, _ = torch.ops.aten.convolution_backward(
+        grad_output, x, weight[window].contiguous(), None, [stride] * 2, [padding] * 2,
+        [dilation] * 2, False, [0, 0], C, [mask[0], mask[1], False])
+    gw = None
+    if mask[1]:
+        gw = torch.zeros_like(weight)
+        gw[window] = gf
+    return gx, gw
+
+
+def _backward_compiled(grad_output, x, weight, kernel_size, stride, dilation, padding, mask):
+    gx, gw = torch.ops.ofa_fast.dwconv2d_backward(grad_output, x, weight, kernel_size, stride,
+                                                  dilation, padding, list(mask))
+    return (gx if mask[0] else None), (gw if mask[1] else None)
+
+
+def _backward_triton(grad_output, x, weight, kernel_size, stride, dilation, padding, mask):
+    args = (grad_output, x, weight, kernel_size, stride, dilation, padding)
+    return (torch.ops.ofa_fast.dwconv2d_triton_backward_input(*args) if mask[0] else None,
+            torch.ops.ofa_fast.dwconv2d_triton_backward_weight(*args) if mask[1] else None)
+
+
+_BACKWARD = {
+    "reference": _backward_reference,
+    "cpu": _backward_compiled,
+    "cuda": _backward_compiled,
+    "triton": _backward_triton,
+}
+
+
+def dwconv2d_backward(grad_output, x, weight, kernel_size, stride, dilation, padding,
+                      mask=(True, True)):
+    """(grad of x, grad of the full max weight) of dwconv2d, on the backend dwconv2d
+    picks; mask says which are wanted (None for the others)."""
+    name = backend.resolve(x.device.type, x.dtype)
+    return _BACKWARD[name](grad_output, x, weight, kernel_size, stride, dilation, padding,
+                           tuple(bool(m) for m in mask))

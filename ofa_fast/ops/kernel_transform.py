@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .. import _ext, backend
 
-__all__ = ["kernel_transform", "kernel_transform_reference", "check_kernel_transform_args"]
+__all__ = ["kernel_transform", "kernel_transform_backward", "kernel_transform_reference",
+           "check_kernel_transform_args"]
 
 
 def check_kernel_transform_args(weight, matrices, ks_chain, channels,
@@ -119,3 +120,41 @@ def kernel_transform(weight, matrices, ks_chain, channels):
     check_kernel_transform_args(weight, matrices, ks_chain, channels)
     name = backend.resolve(weight.device.type, weight.dtype)
     return _IMPLS[name](weight, matrices, ks_chain, channels)
+
+
+def _backward_reference(grad, weight, matrices, ks_chain, channels):
+    """kernel_transform_reference's backward, step by step in reverse."""
+    flats, f = [], weight[:channels]
+    for src, dst, M in zip(ks_chain, ks_chain[1:], matrices):
+        start = src // 2 - dst // 2
+        flats.append(f[:, :, start:start + dst, start:start + dst].reshape(channels, dst * dst))
+        f = F.linear(flats[-1], M).view(channels, 1, dst, dst)
+    g = grad.reshape(channels, -1)
+    grad_mats = [None] * len(matrices)
+    for q in reversed(range(len(matrices))):
+        src, dst = ks_chain[q], ks_chain[q + 1]
+        grad_mats[q] = g.t() @ flats[q]  # out = in @ M^T
+        start = src // 2 - dst // 2
+        g_src = g.new_zeros((channels, 1, src, src))
+        g_src[:, :, start:start + dst, start:start + dst] = (g @ matrices[q]).view(channels, 1, dst, dst)
+        g = g_src.reshape(channels, src * src)
+    grad_weight = torch.zeros_like(weight)
+    grad_weight[:channels] = g.view(channels, 1, ks_chain[0], ks_chain[0])
+    return [grad_weight] + grad_mats
+
+
+_BACKWARD = {
+    "reference": _backward_reference,
+    "cpu": lambda *a: torch.ops.ofa_fast.kernel_transform_backward(*a),
+    "cuda": lambda *a: torch.ops.ofa_fast.kernel_transform_backward(*a),
+    "triton": lambda *a: torch.ops.ofa_fast.kernel_transform_triton_backward(*a),
+}
+
+
+def kernel_transform_backward(grad, weight, matrices, ks_chain, channels):
+    """[grad of the full max weight, grad of each matrix] of kernel_transform, without
+    autograd, on the backend kernel_transform picks."""
+    matrices = list(matrices)
+    ks_chain = [int(s) for s in ks_chain]
+    name = backend.resolve(weight.device.type, weight.dtype)
+    return list(_BACKWARD[name](grad.contiguous(), weight, matrices, ks_chain, channels))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _ext, backend
-from ._common import pointwise_memory_format
+from ._common import autocast_inputs, is_int, is_symbolic, known_equal, pointwise_memory_format
 
 __all__ = ["pointwise_conv2d", "pointwise_conv2d_act", "sliced_linear", "check_sliced_args"]
 
@@ -51,10 +51,11 @@ def check_sliced_args(x, weight, bias, out, op, conv):
     if x.dtype != weight.dtype:
         raise TypeError(f"{op}: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
     out_max, in_max = weight.shape[0], weight.shape[1]
-    if not 1 <= in_ <= in_max:
+    if not is_symbolic(in_) and not 1 <= in_ <= in_max:
         raise ValueError(f"{op}: input has {in_} {what}; it must have between 1 and {in_max} "
                          "(the weight's max)")
-    if isinstance(out, bool) or not isinstance(out, int) or not 1 <= out <= out_max:
+    # a symbolic out (torch.compile) is not compared: see ops/_common.py
+    if not is_int(out) or (not is_symbolic(out) and not 1 <= out <= out_max):
         raise ValueError(f"{op}: out_{what} = {out!r} is not allowed; it must be an int between "
                          f"1 and {out_max} (the weight's max)")
     if bias is not None:
@@ -203,11 +204,14 @@ def sliced_linear(x, weight, bias=None, out_features=None, op="ofa_fast.sliced_l
     out_features defaults to weight.shape[0]."""
     if out_features is None and isinstance(weight, torch.Tensor):
         out_features = weight.shape[0]
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        x, weight, bias, out_features = autocast_inputs(x, weight, bias, out_features, in_dim=-1)
     check_sliced_args(x, weight, bias, out_features, op, conv=False)
     name = backend.resolve(x.device.type, x.dtype)
     if name == "reference":
         return sliced_linear_reference(x, weight, bias, out_features)
-    if name in ("cpu", "cuda") and out_features == weight.shape[0] and x.shape[-1] == weight.shape[1]:
+    if name in ("cpu", "cuda") and known_equal(out_features, weight.shape[0]) \
+            and known_equal(x.shape[-1], weight.shape[1]):
         # the active block is the whole weight: nothing to slice, PyTorch's own GEMM path
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
@@ -221,6 +225,9 @@ def pointwise_conv2d(x, weight, bias=None, out_channels=None, stride=1,
     reads every s-th pixel (OFA's padding for k = 1 is 0)."""
     if out_channels is None and isinstance(weight, torch.Tensor):
         out_channels = weight.shape[0]
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dim() == 4 \
+            and weight.dim() == 4:
+        x, weight, bias, out_channels = autocast_inputs(x, weight, bias, out_channels)
     check_sliced_args(x, weight, bias, out_channels, op, conv=True)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"{op}: stride = {stride!r} is not allowed; it must be an int >= 1")
@@ -241,6 +248,9 @@ def pointwise_conv2d_act(x, weight, bias, out_channels, stride=1, activation="no
     to each GEMM's output block while it is in cache (activation: none, relu, relu6,
     h_swish). Returns None when the backend has no such op (reference, Triton): the
     caller then runs the two steps."""
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dim() == 4 \
+            and weight.dim() == 4:
+        x, weight, bias, out_channels = autocast_inputs(x, weight, bias, out_channels)
     check_sliced_args(x, weight, bias, out_channels, op, conv=True)
     if activation not in _ACTIVATIONS:
         raise ValueError(f"{op}: activation = {activation!r} is not allowed; choose from "
