@@ -1,10 +1,24 @@
 """Benchmark configuration: each benchmark records its median under (group, impl), and a
 table of ratios against the `ofa` package and plain PyTorch is printed at the end of
 the session (the ratio in one run is the figure; absolute times are noise here)."""
+import os
+
 import pytest
 import torch
 
 from _bench import COMPILATIONS, RESULTS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    """OFA_FAST_BENCH_THREADS=n runs a suite with n torch threads (default: torch's). On a
+    shared 2-core machine whose other core is busy, one thread is the stable figure."""
+    before = torch.get_num_threads()
+    n = os.environ.get("OFA_FAST_BENCH_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -44,16 +44,6 @@ IMPLS = ["ofa_fast", "ofa_fast_compiled", "ofa", "ofa_compiled"]
 KWARGS = dict(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    n = os.environ.get("OFA_FAST_BENCH_THREADS")
-    if n:
-        torch.set_num_threads(int(n))
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def nets():
     torch.manual_seed(0)

@@ -18,7 +18,6 @@ whose other core is busy, two threads can make a step 10-100x slower (a parallel
 region waits for a descheduled thread); one thread is the stable figure then.
 """
 import copy
-import os
 import random
 
 import pytest
@@ -37,16 +36,6 @@ BATCH, SIZE, CLASSES = 16, 128, 1000
 SEED = 0
 ROUNDS, WARMUP = 5, 1
 IMPLS = ["ofa_fast", "ofa", "ofa_fast_patched"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    n = os.environ.get("OFA_FAST_BENCH_THREADS")
-    if n:
-        torch.set_num_threads(int(n))
-    yield
-    torch.set_num_threads(before)
 
 
 def random_config(net, rng):

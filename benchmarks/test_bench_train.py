@@ -41,16 +41,6 @@ def _nets():
     return list(NETWORKS) if names == "all" else [n.strip() for n in names.split(",")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    n = os.environ.get("OFA_FAST_BENCH_THREADS")
-    if n:
-        torch.set_num_threads(int(n))
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def batches():
     train_set, _, _ = D.build_datasets("synthetic", max(SIZES), train_samples=BATCH * 4,
