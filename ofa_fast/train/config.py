@@ -48,7 +48,7 @@ class TrainConfig:
     val_subnets: int = 2
     val_every: int = 1
     calib_images: int = 512
-    train_samples: int = 8000
+    train_samples: int = 5000
     val_samples: int = 1000
     dropout: float = 0.1
     init: str | None = None
