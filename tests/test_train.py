@@ -217,10 +217,11 @@ def test_run_outputs_and_checkpoint_loads_into_ofa(tmp_path):
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
 
 
-def test_amp_bf16_and_channels_last_run(tmp_path):
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_and_channels_last_run(tmp_path, amp):
     out = str(tmp_path / "run")
     assert _run(["--out", out, "--phase", "full:epochs=1", "--phase", "kernel:epochs=1",
-                 "--amp", "bf16", "--channels-last"] + TINY)[0] == 0
+                 "--amp", amp, "--channels-last"] + TINY)[0] == 0
     weights = _weights(out)
     assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
@@ -266,3 +267,24 @@ def test_short_run_learns(tmp_path):
     assert final[0]["name"] == "largest" and final[0]["top1"] > 16.0, final
     train = [r for r in recs if r["event"] == "train"]
     assert train[-1]["top1"] > 16.0 and train[-1]["loss"] < train[0]["loss"]
+
+
+def test_image_folder_run(tmp_path):
+    """An ImageFolder root (ImageNet layout) trains end to end with OFA's preprocessing."""
+    Image = pytest.importorskip("PIL.Image")
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("val", 4)):
+        for cls in ("ant", "bee"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (48, 56, 3), generator=gen, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    out = str(tmp_path / "run")
+    assert _run(["--data", str(tmp_path / "data"), "--out", out, "--phase", "full:epochs=1",
+                 "--phase", "kernel:epochs=1", "--batch-size", "8", "--image-sizes", "32",
+                 "--calib-images", "8", "--val-subnets", "0", "--no-progress",
+                 "--threads", "1"])[0] == 0
+    recs = _records(out)
+    assert recs[0]["n_classes"] == 2 and recs[0]["steps_per_epoch"] == 3
+    assert [r["name"] for r in recs[-1]["rows"]] == ["largest", "smallest"]
