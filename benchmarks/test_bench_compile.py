@@ -16,8 +16,8 @@ Compilations (graphs Dynamo hands the backend: torch._dynamo.utils.counters["sta
 
 Environment: OFA_FAST_BENCH_COMPILE_BACKEND (default inductor; aot_eager compiles much
 faster but runs slower than eager, so only its counts mean anything),
-OFA_FAST_BENCH_COMPILE_SHAPE="batch,size" (default 8,96), OFA_FAST_BENCH_THREADS as in
-test_bench_supernet.py. With Dynamo's default recompile_limit (8), `ofa_compiled` would
+OFA_FAST_BENCH_COMPILE_SHAPE="batch,size" (default 8,96), OFA_FAST_BENCH_THREADS (see
+conftest.py). With Dynamo's default recompile_limit (8), `ofa_compiled` would
 fall back to eager after 8 subnets; the rounds here stay below it.
 """
 import copy
