@@ -1,7 +1,9 @@
 """Shared by the benchmark suites: where results are recorded for the ratio table."""
 import collections
+import random
 
 import torch
+import torch.nn.functional as F
 
 RESULTS = collections.defaultdict(dict)  # group -> impl -> median seconds
 COMPILATIONS = collections.defaultdict(dict)  # group -> impl -> (compilations, steps)
@@ -16,3 +18,39 @@ def record(benchmark, group, impl):
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def random_config(net, rng):
+    """A random subnet of `net` (OFA's or ofa_fast's: the same attributes), from `rng`."""
+    if hasattr(net, "input_stem"):  # OFAResNets: d (stem, 4 stages), e per block, w indices
+        width_layers = [net.input_stem[0], net.input_stem[2]] + [
+            net.blocks[idx[0]] for idx in net.grouped_block_index]
+        return dict(d=[rng.choice([max(net.depth_list), min(net.depth_list)])]
+                    + [rng.choice(net.depth_list) for _ in net.grouped_block_index],
+                    e=[rng.choice(b.expand_ratio_list) for b in net.blocks],
+                    w=[rng.randrange(len(layer.out_channel_list)) for layer in width_layers])
+    n = len(net.blocks) - 1  # MobileNetV3 / ProxylessNAS: ks, e per elastic block, d per stage
+    return dict(ks=[rng.choice(net.ks_list) for _ in range(n)],
+                e=[rng.choice(net.expand_ratio_list) for _ in range(n)],
+                d=[rng.choice(net.depth_list) for _ in net.block_group_info])
+
+
+def supernet_step(net, call, batch, size, classes, seed):
+    """One training step of a supernet, as a closure: a random subnet (the same sequence
+    for every impl, from random.Random(seed)) set on `net`, forward through `call` (net
+    or a compiled wrapper) on fixed random images, cross entropy, backward, SGD with
+    momentum."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    labels = torch.randint(classes, (batch,), generator=g)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    rng = random.Random(seed)
+
+    def step():
+        net.set_active_subnet(**random_config(net, rng))
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(call(x), labels).backward()
+        opt.step()
+        sync("cpu")
+
+    return step

@@ -22,15 +22,13 @@ fall back to eager after 8 subnets; the rounds here stay below it.
 """
 import copy
 import os
-import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import ofa_fast
-from _bench import COMPILATIONS, record, sync
+from _bench import COMPILATIONS, record, supernet_step
 
 ofa_nets = pytest.importorskip(
     "ofa.imagenet_classification.elastic_nn.networks",
@@ -63,28 +61,10 @@ def model(nets, impl):
     return net, net
 
 
-def random_config(net, rng):
-    n = len(net.blocks) - 1
-    return dict(ks=[rng.choice(net.ks_list) for _ in range(n)],
-                e=[rng.choice(net.expand_ratio_list) for _ in range(n)],
-                d=[rng.choice(net.depth_list) for _ in net.block_group_info])
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 def test_compile_step(benchmark, nets, impl):
     call, net = model(nets, impl)
-    g = torch.Generator().manual_seed(SEED)
-    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
-    labels = torch.randint(CLASSES, (BATCH,), generator=g)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    rng = random.Random(SEED)  # the same subnet sequence for every impl
-
-    def step():
-        net.set_active_subnet(**random_config(net, rng))
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(call(x), labels).backward()
-        opt.step()
-        sync("cpu")
+    step = supernet_step(net, call, BATCH, SIZE, CLASSES, SEED)
 
     graphs = counters["stats"]["unique_graphs"]
     benchmark.group = f"compile step ofa_mbv3_d234_e346_k357 {BACKEND} b{BATCH} {SIZE}px"

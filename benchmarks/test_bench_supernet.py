@@ -18,15 +18,13 @@ whose other core is busy, two threads can make a step 10-100x slower (a parallel
 region waits for a descheduled thread); one thread is the stable figure then.
 """
 import copy
-import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import ofa_fast
 from ofa_fast.zoo import OFA_NETS
-from _bench import record, sync
+from _bench import record, supernet_step
 
 ofa_nets = pytest.importorskip(
     "ofa.imagenet_classification.elastic_nn.networks",
@@ -36,21 +34,6 @@ BATCH, SIZE, CLASSES = 16, 128, 1000
 SEED = 0
 ROUNDS, WARMUP = 5, 1
 IMPLS = ["ofa_fast", "ofa", "ofa_fast_patched"]
-
-
-def random_config(net, rng):
-    """A random subnet of `net` (OFA's or ofa_fast's: the same attributes), from `rng`."""
-    if hasattr(net, "input_stem"):  # OFAResNets: d (stem, 4 stages), e per block, w indices
-        width_layers = [net.input_stem[0], net.input_stem[2]] + [
-            net.blocks[idx[0]] for idx in net.grouped_block_index]
-        return dict(d=[rng.choice([max(net.depth_list), min(net.depth_list)])]
-                    + [rng.choice(net.depth_list) for _ in net.grouped_block_index],
-                    e=[rng.choice(b.expand_ratio_list) for b in net.blocks],
-                    w=[rng.randrange(len(layer.out_channel_list)) for layer in width_layers])
-    n = len(net.blocks) - 1  # MobileNetV3 / ProxylessNAS: ks, e per elastic block, d per stage
-    return dict(ks=[rng.choice(net.ks_list) for _ in range(n)],
-                e=[rng.choice(net.expand_ratio_list) for _ in range(n)],
-                d=[rng.choice(net.depth_list) for _ in net.block_group_info])
 
 
 _NETS = {}  # the current network's three models (one network held at a time)
@@ -79,19 +62,7 @@ def cases():
 @pytest.mark.parametrize("name,impl", list(cases()))
 def test_supernet_step(benchmark, name, impl):
     net = build(name, impl).train()
-    g = torch.Generator().manual_seed(SEED)
-    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
-    labels = torch.randint(CLASSES, (BATCH,), generator=g)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    rng = random.Random(SEED)  # the same subnet sequence for every impl
-
-    def step():
-        net.set_active_subnet(**random_config(net, rng))
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), labels)
-        loss.backward()
-        opt.step()
-        sync("cpu")
+    step = supernet_step(net, net, BATCH, SIZE, CLASSES, SEED)
 
     benchmark.group = f"supernet step {name}"
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
