@@ -400,6 +400,36 @@ def test_my_network_helpers_match_ofa():
         ours.zero_last_gamma()
 
 
+@pytest.mark.parametrize("model_init", ["he_fout", "he_fin"])
+def test_init_models_matches_ofa(model_init):
+    """OFA's initialisation, draw for draw: the same weights after the same seed, BN and
+    biases reset, on a module and on a list of modules."""
+    pairs = [(_OurNet(), _OfaNet()), (_OurNet(), _OfaNet())]
+    for ours, theirs in pairs:
+        theirs.load_state_dict(ours.state_dict())
+        for net in (ours, theirs):  # values init_models must reset
+            nn.init.constant_(net.bn.weight, 3.0)
+            nn.init.constant_(net.classifier.bias, 5.0)
+    torch.manual_seed(7)
+    U.init_models(pairs[0][0], model_init)
+    U.init_models([pairs[1][0]], model_init)
+    torch.manual_seed(7)
+    ofa_utils.init_models(pairs[0][1], model_init)
+    ofa_utils.init_models([pairs[1][1]], model_init)
+    for ours, theirs in pairs:
+        assert_same_state(ours, theirs)
+        assert torch.equal(ours.bn.weight, torch.ones(8))
+        assert torch.equal(ours.classifier.bias, torch.zeros(2))
+    fan = 8 if model_init == "he_fout" else 4  # Conv2d(4, 8, 3)
+    std = pairs[0][0].conv.weight.std().item()
+    assert abs(std / math.sqrt(2.0 / (9 * fan)) - 1) < 0.2
+    assert not torch.equal(pairs[0][0].conv.weight, pairs[1][0].conv.weight)
+    with pytest.raises(ValueError, match=r"model_init = 'xavier'; allowed: 'he_fout', 'he_fin'"):
+        U.init_models(_OurNet(), "xavier")
+    with pytest.raises(TypeError, match=r"got str"):
+        U.init_models("net")
+
+
 def test_make_divisible_is_ofa_rounding():
     # OFA's rounding, not math.ceil: 20 -> 24, 12 -> 16 (within 10%), 36 -> 40
     assert [U.make_divisible(v, 8) for v in (20, 12, 36, 3, 100)] == [24, 16, 40, 8, 104]

@@ -45,6 +45,7 @@ def _weights(out):
     (["--network", "ofa_mbv3_w9"], "--network 'ofa_mbv3_w9': unknown network"),
     (["--data", "/no/such/dir"], "no such directory"),
     (["--image-sizes", "16,32"], "image size 16"),
+    (["--model-init", "xavier"], "--model-init 'xavier': must be he_fout, he_fin or torch"),
     (["--val-image-size", "24"], "image size 24"),
     (["--phase", "shrink:epochs=1"], "unknown phase 'shrink'"),
     (["--phase", "width:epochs=1"], "not a phase of ofa_mbv3"),
@@ -162,21 +163,60 @@ def test_train_step_matches_on_the_ofa_supernet():
         torch.testing.assert_close(v, sd[k], rtol=1e-8, atol=1e-10, msg=k)
 
 
+@pytest.mark.parametrize("network", [MBV3, "ofa_resnet50"])
+def test_model_init_is_ofas_and_follows_the_data(tmp_path, network):
+    """--model-init he_fout gives the weights OFA's init_models gives OFA's supernet after
+    the same seed (bit for bit); the default is he_fout for image folders, PyTorch's
+    module defaults for the synthetic set."""
+    import argparse
+
+    from ofa_fast.train import add_arguments, config_from_args
+    from ofa_fast.train.loop import Run
+
+    ofa_utils = pytest.importorskip("ofa.utils")
+
+    def config(argv):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return config_from_args(parser.parse_args(argv))
+
+    folder = tmp_path / "data"
+    for split in ("train", "val"):
+        (folder / split / "a").mkdir(parents=True)
+    assert config(["--data", str(folder)]).model_init == "he_fout"
+    assert config([]).model_init == "torch"
+    for model_init in ("he_fout", "torch"):
+        cfg = config(["--network", network, "--model-init", model_init, "--seed", "5",
+                      "--out", str(tmp_path / model_init)] + TINY)
+        ours = Run(cfg).net.state_dict()
+        torch.manual_seed(5)
+        theirs = build_supernet(network, 10, cfg.dropout, package="ofa")
+        if model_init != "torch":
+            ofa_utils.init_models(theirs, model_init)
+        theirs = theirs.state_dict()
+        assert list(ours) == list(theirs)
+        for k in ours:
+            assert torch.equal(ours[k], theirs[k]), (model_init, k)
+
+
 # ---------------------------------------------------------------------------- runs
 
+ELASTIC = ["--image-sizes", "32,40"]  # after TINY: the last --image-sizes wins
 PS = ["--phase", "full:epochs=1", "--phase", "kernel:epochs=1", "--phase",
       "depth:epochs=1,subnets=2", "--phase", "expand:epochs=1,subnets=2"]
 
 
 def test_stopped_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    """With elastic resolution and several subnets per step: the image size, the subnets,
+    the data order and augmentation of every step are the same after a resume."""
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
-    assert _run(["--out", whole] + PS + TINY)[0] == 0
+    assert _run(["--out", whole] + PS + TINY + ELASTIC)[0] == 0
     # stop mid-epoch, then at a phase boundary's last step, then run to the end
-    assert _run(["--out", parts, "--stop-after-steps", "3"] + PS + TINY)[0] == 0
+    assert _run(["--out", parts, "--stop-after-steps", "3"] + PS + TINY + ELASTIC)[0] == 0
     ckpt = torch.load(os.path.join(parts, "checkpoint.pt"), weights_only=False)
     assert ckpt["position"] == {"phase": 0, "epoch": 0, "step": 3, "global_step": 3}
-    assert _run(["--out", parts, "--resume", "--stop-after-steps", "5"] + PS + TINY)[0] == 0
-    assert _run(["--out", parts, "--resume"] + PS + TINY)[0] == 0
+    assert _run(["--out", parts, "--resume", "--stop-after-steps", "5"] + PS + TINY + ELASTIC)[0] == 0
+    assert _run(["--out", parts, "--resume"] + PS + TINY + ELASTIC)[0] == 0
     a, b = _weights(whole), _weights(parts)
     assert a.keys() == b.keys()
     for k in a:
@@ -186,8 +226,9 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(tmp_path):
     ra = [{k: v for k, v in r.items() if k not in strip} for r in _records(whole)]
     rb = [{k: v for k, v in r.items() if k not in strip} for r in _records(parts)]
     assert ra == rb
+    assert {r["image_size"] for r in ra if r["event"] == "train"} == {32, 40}
     # a finished run resumed again does no more work
-    assert _run(["--out", parts, "--resume"] + PS + TINY)[0] == 0
+    assert _run(["--out", parts, "--resume"] + PS + TINY + ELASTIC)[0] == 0
 
 
 def test_run_outputs_and_checkpoint_loads_into_ofa(tmp_path):

@@ -11,7 +11,7 @@ from .layers import (ConvLayer, IdentityLayer, LinearLayer, MBConvLayer, MultiHe
                      set_layer_from_config)
 from .utils import (Hsigmoid, Hswish, MyGlobalAvgPool2d, MyModule, MyNetwork, SEModule,
                     ShuffleLayer, adjust_bn_according_to_idx, build_activation, copy_bn,
-                    get_bn_param, get_same_padding, make_divisible, min_divisible_value,
+                    get_bn_param, get_same_padding, init_models, make_divisible, min_divisible_value,
                     replace_bn_with_gn, set_bn_param, sub_filter_start_end, val2list)
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
     # helpers
     "Hsigmoid", "Hswish", "MyGlobalAvgPool2d", "MyModule", "MyNetwork", "SEModule",
     "ShuffleLayer", "adjust_bn_according_to_idx", "build_activation", "copy_bn", "get_bn_param",
-    "get_same_padding", "make_divisible", "min_divisible_value", "replace_bn_with_gn",
+    "get_same_padding", "init_models", "make_divisible", "min_divisible_value", "replace_bn_with_gn",
     "set_bn_param", "sub_filter_start_end", "val2list",
     # eval-mode fusion switch
     "fusion", "fusion_enabled",

@@ -38,6 +38,8 @@ __all__ = [
     "replace_bn_with_gn",
     "copy_bn",
     "adjust_bn_according_to_idx",
+    "init_models",
+    "MODEL_INITS",
 ]
 
 
@@ -277,9 +279,51 @@ class SEModule(nn.Module):
         return "SE(channel=%d, reduction=%d)" % (self.channel, self.reduction)
 
 
+# ----------------------------------------------------------------------------- initialisation
+
+MODEL_INITS = ("he_fout", "he_fin")
+
+
+def init_models(net, model_init="he_fout"):
+    """OFA's weight initialisation (ofa.utils.init_models, what OFA's run managers apply to
+    a new network): every nn.Conv2d weight from N(0, 2 / (kh * kw * fan)), fan its output
+    channels ("he_fout", OFA's default) or input channels ("he_fin"), conv biases zero;
+    BatchNorm / GroupNorm weight 1, bias 0; nn.Linear weight from U(-1/sqrt(in), 1/sqrt(in)),
+    bias zero. `net` is a module or a list of them. The random draws come from the global
+    RNG in module order, as OFA's, so an ofa_fast network and its `ofa` twin initialised
+    after the same torch.manual_seed hold the same weights."""
+    if isinstance(net, (list, tuple)):
+        for sub_net in net:
+            init_models(sub_net, model_init)
+        return
+    if model_init not in MODEL_INITS:
+        raise ValueError(f"init_models: model_init = {model_init!r}; allowed: "
+                         f"{', '.join(map(repr, MODEL_INITS))}")
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"init_models: expected an nn.Module or a list of them, got "
+                        f"{type(net).__name__}")
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                kh, kw = m.kernel_size
+                fan = m.out_channels if model_init == "he_fout" else m.in_channels
+                m.weight.normal_(0.0, (2.0 / (kh * kw * fan)) ** 0.5)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif type(m) in _NORM_TYPES:  # exact types, as OFA (subclasses keep their values)
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / m.weight.size(1) ** 0.5
+                m.weight.uniform_(-bound, bound)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
 # ----------------------------------------------------------------------------- BN helpers
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+_NORM_TYPES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm)
 
 
 def replace_bn_with_gn(model, gn_channel_per_group):

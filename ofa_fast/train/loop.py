@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .config import RESUME_FIELDS, ConfigError
 from .report import MetricsLog, plot_accuracy_vs_macs, summary_table
 from .space import build_supernet, extreme_subnet, sample_subnet, space_of, subnet_rng
+from ..nn import init_models
 
 __all__ = ["train", "train_step", "lr_at", "CHECKPOINT"]
 
@@ -256,6 +257,8 @@ class Run:
 
         torch.manual_seed(cfg.seed)  # the initial weights: a function of the seed (every rank)
         self.net = build_supernet(cfg.network, self.n_classes, cfg.dropout).to(self.device)
+        if cfg.model_init != "torch":
+            init_models(self.net, cfg.model_init)
         if cfg.init and self.state is None:
             _load_weights(self.net, cfg.init, "--init")
         if cfg.channels_last:
