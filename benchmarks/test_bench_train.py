@@ -3,7 +3,7 @@ against the `ofa` package's, interleaved step by step in one run.
 
 Each step is what the run does in its last phase (elastic expand: a random subnet of the
 whole search space per step), on the embedded synthetic set: a batch of 64 from
-ofa_fast.train.data, resized to a random size of {32, 40} (elastic resolution), then
+ofa_fast.train.data, resized to a random size of {40, 48} (elastic resolution; the default run trains at 48), then
 ofa_fast.train.loop.train_step: forward, label-smoothed cross entropy plus distillation
 from the largest network (the teacher, of the same package), backward, SGD with
 momentum and weight decay. Both supernets start from the same weights and see the same
@@ -32,7 +32,7 @@ from ofa_fast.train.loop import param_groups, train_step  # noqa: E402
 from ofa_fast.train.space import (NETWORKS, Phase, build_supernet, sample_subnet,  # noqa: E402
                                   space_of, subnet_rng)
 
-BATCH, SIZES, CLASSES = 64, (32, 40), 10
+BATCH, SIZES, CLASSES = 64, (40, 48), 10
 STEPS, WARMUP = 8, 2
 
 
