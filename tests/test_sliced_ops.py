@@ -15,7 +15,10 @@ from _helpers import (HAS_CUDA, NO_CUDA_REASON, NoWeightCopies, assert_close, ba
 LINEAR_CASES = [(1, 1, 1, 1, 1), (5, 7, 9, 6, 10), (16, 24, 24, 40, 40), (3, 33, 48, 17, 64),
                 (0, 4, 8, 3, 5)]
 CONV_CASES = [(1, 7, 9, 6, 10, 1, 1), (2, 7, 9, 6, 10, 3, 4), (3, 16, 24, 40, 48, 8, 8),
-              (1, 24, 24, 24, 24, 5, 7), (2, 5, 8, 3, 4, 1, 1)]
+              (1, 24, 24, 24, 24, 5, 7), (2, 5, 8, 3, 4, 1, 1),
+              # NCHW batches of small images run as one GEMM in rows layout (7x7 is the
+              # largest such image); one input channel stays on the per-image path
+              (8, 16, 24, 40, 48, 7, 7), (2, 1, 4, 3, 5, 3, 3)]
 FORMATS = ["nchw", "cl", "strided"]
 
 
@@ -66,7 +69,8 @@ def check_conv(backend, dtype, device, case, fmt, with_bias, stride=1):
     g = torch.randn(N, o, OH, OW, dtype=dtype, device=device)
     with ofa_fast.use_backend(backend):
         y = pointwise_conv2d(x, w, b, o, stride)
-        assert backend == "reference" or min(OH, OW) == 1 or o == 1 \
+        # (one input channel: the input is both NCHW- and channels_last-contiguous)
+        assert backend == "reference" or min(OH, OW) == 1 or o == 1 or i == 1 \
             or fmt_of(y) == ("channels_last" if fmt == "cl" else "contiguous")
     args = [x, w] + ([b] if with_bias else [])
     f = (lambda x, w, b=None: pointwise_conv2d(x, w, b, o, stride))

@@ -106,6 +106,18 @@ bool rows_layout(const at::Tensor& x, at::MemoryFormat fmt) {
   return fmt == at::MemoryFormat::ChannelsLast || x.size(2) * x.size(3) == 1;
 }
 
+// NCHW batches of small images (the late stages of a supernet: 7x7 at 224 px, 2x2 to 6x6
+// on small inputs) run as one GEMM over the batch in rows layout, between two transposing
+// copies, instead of one thin GEMM ([C, H*W] with a handful of columns) per image, whose
+// call overhead dominates. Below this many pixels per image the copies cost less.
+constexpr int64_t kSmallImagePixels = 64;
+
+bool small_nchw_batch(const at::Tensor& x, at::MemoryFormat fmt) {
+  // (one channel: both layouts are the same strides, nothing to gain)
+  return fmt == at::MemoryFormat::Contiguous && x.size(0) > 1 && x.size(1) > 1 &&
+         x.size(2) * x.size(3) < kSmallImagePixels;
+}
+
 // [N, C, H, W] in rows layout -> its [N*H*W, C] matrix (a view)
 at::Tensor rows_of(const at::Tensor& t) {
   return t.permute({0, 2, 3, 1}).view({t.size(0) * t.size(2) * t.size(3), t.size(1)});
@@ -216,6 +228,10 @@ at::Tensor pointwise_forward(const at::Tensor& input, const at::Tensor& weight,
               "relu6, h_swish");
   check_pointwise(input, weight, bias, out_channels, op);
   const at::MemoryFormat fmt = format_of(input);
+  if (small_nchw_batch(input, fmt) && !rows_layout(input, fmt))
+    return pointwise_forward(input.contiguous(at::MemoryFormat::ChannelsLast), weight, bias,
+                             out_channels, activation, op)
+        .contiguous(at::MemoryFormat::Contiguous);
   const at::Tensor x = input.contiguous(fmt);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const at::Tensor w = active_block(weight, out_channels, C);
@@ -281,6 +297,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_backward(
   check_grad_output(grad_output, input,
                     {input.size(0), out, input.size(2), input.size(3)}, op);
   const at::MemoryFormat fmt = format_of(input);
+  if (small_nchw_batch(input, fmt) && !rows_layout(input, fmt)) {
+    constexpr auto cl = at::MemoryFormat::ChannelsLast;
+    auto grads = pointwise_conv2d_backward(grad_output.contiguous(cl), input.contiguous(cl),
+                                           weight, output_mask);
+    if (output_mask[0])
+      std::get<0>(grads) = std::get<0>(grads).contiguous(at::MemoryFormat::Contiguous);
+    return grads;
+  }
   const at::Tensor x = input.contiguous(fmt);
   const at::Tensor gy = grad_output.contiguous(fmt);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
