@@ -5,6 +5,8 @@ import random
 import torch
 import torch.nn.functional as F
 
+from ofa_fast.train.space import sample_subnet, space_of
+
 RESULTS = collections.defaultdict(dict)  # group -> impl -> median seconds
 COMPILATIONS = collections.defaultdict(dict)  # group -> impl -> (compilations, steps)
 
@@ -21,18 +23,10 @@ def sync(device):
 
 
 def random_config(net, rng):
-    """A random subnet of `net` (OFA's or ofa_fast's: the same attributes), from `rng`."""
-    if hasattr(net, "input_stem"):  # OFAResNets: d (stem, 4 stages), e per block, w indices
-        width_layers = [net.input_stem[0], net.input_stem[2]] + [
-            net.blocks[idx[0]] for idx in net.grouped_block_index]
-        return dict(d=[rng.choice([max(net.depth_list), min(net.depth_list)])]
-                    + [rng.choice(net.depth_list) for _ in net.grouped_block_index],
-                    e=[rng.choice(b.expand_ratio_list) for b in net.blocks],
-                    w=[rng.randrange(len(layer.out_channel_list)) for layer in width_layers])
-    n = len(net.blocks) - 1  # MobileNetV3 / ProxylessNAS: ks, e per elastic block, d per stage
-    return dict(ks=[rng.choice(net.ks_list) for _ in range(n)],
-                e=[rng.choice(net.expand_ratio_list) for _ in range(n)],
-                d=[rng.choice(net.depth_list) for _ in net.block_group_info])
+    """A random subnet of `net` (OFA's or ofa_fast's: the same attributes), from `rng`:
+    the whole search space, as `ofa-fast train` samples it."""
+    space = space_of(net)
+    return sample_subnet(space, space.dims, rng)
 
 
 def supernet_step(net, call, batch, size, classes, seed):

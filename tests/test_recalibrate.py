@@ -28,6 +28,7 @@ import ofa_fast
 from ofa_fast import networks as N
 from ofa_fast.nn import dynamic_op
 from ofa_fast.recalibrate import IMAGE_KEYS, set_running_statistics
+from ofa_fast.train.space import sample_subnet, space_of
 
 ofa_nets = pytest.importorskip("ofa.imagenet_classification.elastic_nn.networks",
                                reason="the `ofa` package is the parity oracle")
@@ -78,19 +79,9 @@ def perturb(net, seed=1):
 
 def random_config(net, seed):
     """A random subnet of `net` (either package's: the attributes are the same), drawn
-    from random.Random(seed)."""
-    rng = random.Random(seed)
-    if hasattr(net, "input_stem"):  # OFAResNets
-        width_layers = [net.input_stem[0], net.input_stem[2]] + [
-            net.blocks[idx[0]] for idx in net.grouped_block_index]
-        return dict(d=[rng.choice([max(net.depth_list), min(net.depth_list)])]
-                    + [rng.choice(net.depth_list) for _ in net.grouped_block_index],
-                    e=[rng.choice(b.expand_ratio_list) for b in net.blocks],
-                    w=[rng.randrange(len(layer.out_channel_list)) for layer in width_layers])
-    n = len(net.blocks) - 1
-    return dict(ks=[rng.choice(net.ks_list) for _ in range(n)],
-                e=[rng.choice(net.expand_ratio_list) for _ in range(n)],
-                d=[rng.choice(net.depth_list) for _ in net.block_group_info])
+    from random.Random(seed) over the whole search space."""
+    space = space_of(net)
+    return sample_subnet(space, space.dims, random.Random(seed))
 
 
 _CACHE = {}
