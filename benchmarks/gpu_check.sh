@@ -28,7 +28,16 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 if ! OFA_FAST_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . \
     > "$OUT/build.log" 2>&1; then
-  tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+  # a bare machine may lack what pip's editable build needs (e.g. `wheel` beside an old
+  # setuptools: "invalid command 'bdist_wheel'"): build in place and run from the checkout,
+  # ofa_fast.triton_kernels linked to triton_kernels/ as the install maps it
+  tail -3 "$OUT/build.log"
+  echo "pip's editable install failed; building in place (setup.py build_ext --inplace)"
+  if ! OFA_FAST_CUDA=1 python3 setup.py build_ext --inplace >> "$OUT/build.log" 2>&1; then
+    tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+  fi
+  [ -e ofa_fast/triton_kernels ] || ln -s ../triton_kernels ofa_fast/triton_kernels
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 python3 -m ofa_fast info
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import triton
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction
 from torch._subclasses.fake_tensor import is_fake
+from torch.library import wrap_triton
 from torch._subclasses.functional_tensor import FunctionalTensor
 
 from ..backend import triton_interpret
@@ -30,3 +33,14 @@ def tracing_under_interpreter(*tensors) -> bool:
 def np2(n: int) -> int:
     """The next power of two >= max(1, n)."""
     return triton.next_power_of_2(max(1, n))
+
+
+def launcher(kernel):
+    """wrap_triton(kernel), what the ops launch through (traceable by torch.compile), except
+    for a kernel that Triton's interpreter made (TRITON_INTERPRET=1): that one is launched
+    as it is, as wrap_triton itself does in recent PyTorch (2.14), where PyTorch 2.11 (the
+    GPU machines' version) raises "wrap_triton only works on functions annotated with
+    triton.jit"."""
+    if _INTERPRET and not isinstance(kernel, (JITFunction, Autotuner)):
+        return kernel
+    return wrap_triton(kernel)

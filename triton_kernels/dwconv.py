@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
+from ._common import launcher as _launcher
 from ._common import np2 as _np2
 from ._common import tracing_under_interpreter as _tracing_under_interpreter
 
@@ -195,7 +195,7 @@ def dwconv2d_forward(x, weight, kernel_size, stride, dilation, padding):
     crop = weight.shape[2] // 2 - kernel_size // 2
     block_c, block_h, block_w, num_warps = _tile_shape(C, OH, OW, channels_last)
     grid = (triton.cdiv(OH, block_h) * triton.cdiv(OW, block_w), triton.cdiv(C, block_c), N)
-    wrap_triton(_dwconv_fwd_kernel)[grid](
+    _launcher(_dwconv_fwd_kernel)[grid](
         x, weight, y,
         C, H, W, OH, OW, padding, crop,
         *_strides4(x),
@@ -287,7 +287,7 @@ def dwconv2d_backward_input(grad_output, x, weight, kernel_size, stride, dilatio
     crop = weight.shape[2] // 2 - kernel_size // 2
     block_c, block_h, block_w, num_warps = _tile_shape(C, H, W, channels_last)
     grid = (triton.cdiv(H, block_h) * triton.cdiv(W, block_w), triton.cdiv(C, block_c), N)
-    wrap_triton(_dwconv_bwd_input_kernel)[grid](
+    _launcher(_dwconv_bwd_input_kernel)[grid](
         grad_output, weight, gx,
         C, H, W, OH, OW, padding, crop,
         *_strides4(grad_output),
@@ -506,7 +506,7 @@ def dwconv2d_backward_weight(grad_output, x, weight, kernel_size, stride, dilati
         span = dilation * (kernel_size - 1)
         ow_lo = min(OW, -(-padding // stride))
         ow_hi = max(ow_lo, min(OW, (W - 1 - span + padding) // stride + 1))
-        wrap_triton(_dwconv_bwd_weight_nhwc_kernel)[(c_blocks, num_parts)](
+        _launcher(_dwconv_bwd_weight_nhwc_kernel)[(c_blocks, num_parts)](
             grad_output, x, partial,
             C, H, W, OH, OW, padding, num_rows, rows_per_program, ow_lo, ow_hi,
             *_strides4(grad_output),
@@ -521,7 +521,7 @@ def dwconv2d_backward_weight(grad_output, x, weight, kernel_size, stride, dilati
         n_blocks = triton.cdiv(N, block_n)
         num_parts = tiles_hw * n_blocks
         partial = torch.empty((num_parts, taps, C), dtype=torch.float32, device=x.device)
-        wrap_triton(_dwconv_bwd_weight_nchw_kernel)[(tiles_hw, n_blocks, C)](
+        _launcher(_dwconv_bwd_weight_nchw_kernel)[(tiles_hw, n_blocks, C)](
             grad_output, x, partial,
             N, C, H, W, OH, OW, padding,
             *_strides4(grad_output),
@@ -532,7 +532,7 @@ def dwconv2d_backward_weight(grad_output, x, weight, kernel_size, stride, dilati
         )
     crop = weight.shape[2] // 2 - kernel_size // 2
     reduce_block = min(_np2(taps * C), 1024)
-    wrap_triton(_dwconv_bwd_weight_reduce_kernel)[(triton.cdiv(taps * C, reduce_block),)](
+    _launcher(_dwconv_bwd_weight_reduce_kernel)[(triton.cdiv(taps * C, reduce_block),)](
         partial, grad_weight,
         C, num_parts, crop,
         grad_weight.stride(0), grad_weight.stride(2), grad_weight.stride(3),

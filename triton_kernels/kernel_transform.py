@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
+from ._common import launcher as _launcher
 from ._common import np2 as _np2
 from ._common import tracing_under_interpreter as _tracing_under_interpreter
 
@@ -160,7 +160,7 @@ def _step(src, mat, dst, src_size, dst_size, channels):
     grid = (triton.cdiv(channels, _BLOCK_C), triton.cdiv(area, block_r))
     if _tracing_under_interpreter(src, mat, dst):
         return
-    wrap_triton(_transform_step_kernel)[grid](
+    _launcher(_transform_step_kernel)[grid](
         src, mat, dst,
         channels,
         *_filter_strides(src),
@@ -212,7 +212,7 @@ def kernel_transform_backward(grad, weight, matrices, ks_chain, channels):
         block_r = min(_np2(area), _MAX_BLOCK)
         block_e = min(_np2(area), _MAX_BLOCK_K)
         grid = (triton.cdiv(area, block_r), triton.cdiv(area, block_e))
-        wrap_triton(_transform_matrix_grad_kernel)[grid](
+        _launcher(_transform_matrix_grad_kernel)[grid](
             g, f, gm,
             channels,
             *_filter_strides(g),
@@ -233,7 +233,7 @@ def kernel_transform_backward(grad, weight, matrices, ks_chain, channels):
         block_u = min(_np2(src_area), _MAX_BLOCK)
         block_k = min(_np2(area), _MAX_BLOCK_K)
         grid = (triton.cdiv(channels, _BLOCK_C), triton.cdiv(src_area, block_u))
-        wrap_triton(_transform_step_backward_kernel)[grid](
+        _launcher(_transform_step_backward_kernel)[grid](
             g, mat, g_prev,
             channels,
             *_filter_strides(g),

@@ -41,8 +41,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
+from ._common import launcher as _launcher
 from ._common import np2 as _np2
 from ._common import tracing_under_interpreter as _tracing_under_interpreter
 
@@ -324,7 +324,7 @@ def _gemm(a, b, c, *, m: _Dim, n: _Dim, k: _Dim, batch=1, batch_strides=(0, 0, 0
     (am, am_hi), (cm, cm_hi) = m.strides
     (bn, bn_hi), (cn, cn_hi) = n.strides
     (ak, ak_hi), (bk, bk_hi) = k.strides
-    wrap_triton(_gemm_kernel)[grid](
+    _launcher(_gemm_kernel)[grid](
         a, b, target, bias if bias is not None else c,
         M, N, K, grid_m, grid_n, batch, m.lo, n.lo, k.lo, blocks_per_split,
         batch_strides[0], am, am_hi, ak, ak_hi,
@@ -338,7 +338,7 @@ def _gemm(a, b, c, *, m: _Dim, n: _Dim, k: _Dim, batch=1, batch_strides=(0, 0, 0
         num_warps=num_warps, num_stages=_NUM_STAGES,
     )
     if num_parts > 1:
-        wrap_triton(_sum_partials_kernel)[(triton.cdiv(m_out * n_out, _REDUCE_BLOCK),)](
+        _launcher(_sum_partials_kernel)[(triton.cdiv(m_out * n_out, _REDUCE_BLOCK),)](
             target, c,
             M, N, m_out, n_out, num_parts,
             c.stride(0), c.stride(1),
@@ -371,7 +371,7 @@ def _sum_rows(g, out, *, batch, rows: _Dim, O, stride_gb, stride_go):
     else:
         target, o_out, stride_split, stride_out = out, out.shape[0], 0, out.stride(0)
     grid = (triton.cdiv(o_out, block_o), num_parts)
-    wrap_triton(_sum_rows_kernel)[grid](
+    _launcher(_sum_rows_kernel)[grid](
         g, target,
         batch, rows.size, O, o_out, rows.lo, per_split,
         stride_gb, sr, sr_hi, stride_go, stride_split, stride_out,
@@ -379,7 +379,7 @@ def _sum_rows(g, out, *, batch, rows: _Dim, O, stride_gb, stride_go):
         num_warps=4,
     )
     if num_parts > 1:
-        wrap_triton(_sum_partials_kernel)[(triton.cdiv(out.shape[0], _REDUCE_BLOCK),)](
+        _launcher(_sum_partials_kernel)[(triton.cdiv(out.shape[0], _REDUCE_BLOCK),)](
             target, out,
             1, O, 1, out.shape[0], num_parts,
             0, out.stride(0),
