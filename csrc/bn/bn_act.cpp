@@ -281,9 +281,11 @@ BnArgs<T> args_of(const at::Tensor& x, const at::Tensor& g, const at::Tensor& ou
   return a;
 }
 
-// parts for the channels_last reductions: one per thread, at least 64 rows each
-int64_t parts_of(int64_t rows) {
-  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / 64));
+// parts for the row reductions: one per thread, each of at least 64 rows, or of 4096
+// values where the rows are longer than 64
+int64_t parts_of(int64_t rows, int64_t cols) {
+  const int64_t min_rows = std::max<int64_t>(1, std::min<int64_t>(64, 4096 / std::max<int64_t>(cols, 1)));
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / min_rows));
 }
 
 template <typename T>
@@ -292,7 +294,7 @@ void stats(BnArgs<T> a, bool rows, T* mean, T* var) {
     at::parallel_for(0, a.C, 1, [&](int64_t b, int64_t e) { stats_nchw_mv(a, mean, var, b, e); });
     return;
   }
-  const int64_t R = a.N * a.P, parts = parts_of(R);
+  const int64_t R = a.N * a.P, parts = parts_of(R, a.C);
   a.rows_per_part = (R + parts - 1) / parts;
   std::vector<T> part(parts * a.C);
   a.acc = part.data();
@@ -325,7 +327,7 @@ void sums_bwd(BnArgs<T> a, Act act, bool rows, T* sum_dz, T* sum_dzx) {
     });
     return;
   }
-  const int64_t R = a.N * a.P, parts = parts_of(R);
+  const int64_t R = a.N * a.P, parts = parts_of(R, a.C);
   a.rows_per_part = (R + parts - 1) / parts;
   std::vector<T> part(parts * 2 * a.C, T(0));
   a.acc = part.data();
@@ -371,6 +373,60 @@ std::pair<at::Tensor, at::Tensor> affine_of(const at::Tensor& mean, const at::Te
   return {scale.contiguous(), shift.contiguous()};
 }
 
+// Small NCHW planes (under kWidePlane pixels) leave the per-channel loops too short to
+// vectorize: such a tensor is walked as N rows of C * P columns ("wide rows"; column
+// c * P + p is channel c), with the per-channel vectors repeated P times (per_column),
+// and the per-column sums folded back to channels.
+constexpr int64_t kWidePlane = 64;
+
+at::Tensor per_column(const at::Tensor& v, int64_t P) {  // [C] -> [C * P]
+  return v.unsqueeze(1).expand({v.size(0), P}).contiguous().view({-1});
+}
+
+template <typename T>
+void as_wide_rows(BnArgs<T>& a) {
+  a.C *= a.P;
+  a.P = 1;
+}
+
+// channel statistics from the wide rows' column ones: the mean of the column means, and
+// (all columns have N values) the mean of the column variances plus the variance of the
+// column means
+template <typename T>
+void stats_wide(BnArgs<T> a, int64_t C, int64_t P, T* mean, T* var) {
+  std::vector<T> col_mean(C * P), col_var(C * P);
+  as_wide_rows(a);
+  stats<T>(a, true, col_mean.data(), col_var.data());
+  for (int64_t c = 0; c < C; ++c) {
+    const T* cm = col_mean.data() + c * P;
+    const T* cv = col_var.data() + c * P;
+    T m = 0;
+    for (int64_t p = 0; p < P; ++p) m += cm[p];
+    m /= T(P);
+    T v = 0;
+    for (int64_t p = 0; p < P; ++p) v += cv[p] + (cm[p] - m) * (cm[p] - m);
+    mean[c] = m;
+    var[c] = v / T(P);
+  }
+}
+
+// per-channel sums of the backward from the wide rows' per-column ones
+template <typename T>
+void sums_wide(BnArgs<T> a, Act act, int64_t C, int64_t P, T* sum_dz, T* sum_dzx) {
+  std::vector<T> s1(C * P), s2(C * P);
+  as_wide_rows(a);
+  sums_bwd<T>(a, act, true, s1.data(), s2.data());
+  for (int64_t c = 0; c < C; ++c) {
+    T t1 = 0, t2 = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      t1 += s1[c * P + p];
+      t2 += s2[c * P + p];
+    }
+    sum_dz[c] = t1;
+    sum_dzx[c] = t2;
+  }
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act(
@@ -394,6 +450,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act(
               "input of shape ", input.sizes());
   const at::MemoryFormat fmt = kept_memory_format(input);
   const bool rows = fmt == at::MemoryFormat::ChannelsLast;
+  const bool wide = !rows && P < kWidePlane;
   const at::Tensor x = input.contiguous(fmt);
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
   at::Tensor mean, invstd;
@@ -403,7 +460,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act(
     if (N * P > 0) {
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_stats", [&] {
         const auto a = args_of<scalar_t>(x, {}, {}, {}, {}, {});
-        stats<scalar_t>(a, rows, mean.data_ptr<scalar_t>(), var.data_ptr<scalar_t>());
+        if (wide)
+          stats_wide<scalar_t>(a, C, P, mean.data_ptr<scalar_t>(), var.data_ptr<scalar_t>());
+        else
+          stats<scalar_t>(a, rows, mean.data_ptr<scalar_t>(), var.data_ptr<scalar_t>());
       });
     }
     invstd = (var + eps).rsqrt();
@@ -413,9 +473,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act(
   }
   if (y.numel() == 0) return {y, mean, invstd};
   auto [scale, shift] = affine_of(mean, invstd, weight, bias);
+  if (wide) {
+    scale = per_column(scale, P);
+    shift = per_column(shift, P);
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act", [&] {
-    const auto args = args_of<scalar_t>(x, {}, y, scale, shift, {});
-    apply_fwd<scalar_t>(args, a, rows);
+    auto args = args_of<scalar_t>(x, {}, y, scale, shift, {});
+    if (wide) as_wide_rows(args);
+    apply_fwd<scalar_t>(args, a, rows || wide);
   });
   return {y, mean, invstd};
 }
@@ -436,22 +501,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
   const int64_t N = input.size(0), C = input.size(1), P = input.size(2) * input.size(3);
   const at::MemoryFormat fmt = kept_memory_format(input);
   const bool rows = fmt == at::MemoryFormat::ChannelsLast;
+  const bool wide = !rows && P < kWidePlane;
+  const auto cols = [&](const at::Tensor& v) { return wide ? per_column(v, P) : v; };
   const at::Tensor x = input.contiguous(fmt), g = grad_output.contiguous(fmt);
-  auto [scale, shift] = affine_of(mean, invstd, weight, bias);
-  const at::Tensor m = mean.contiguous(), is = invstd.contiguous();
+  auto [scale_c, shift_c] = affine_of(mean, invstd, weight, bias);
+  const at::Tensor scale = cols(scale_c), shift = cols(shift_c);
+  const at::Tensor m = cols(mean.contiguous()), is = invstd.contiguous();
   at::Tensor sum_dz = at::zeros({C}, x.options()), sum_dz_xhat = at::zeros({C}, x.options());
   if (N * P > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_sums", [&] {
       const auto args = args_of<scalar_t>(x, g, {}, scale, shift, m);
-      sums_bwd<scalar_t>(args, a, rows, sum_dz.data_ptr<scalar_t>(),
-                         sum_dz_xhat.data_ptr<scalar_t>());
+      if (wide)
+        sums_wide<scalar_t>(args, a, C, P, sum_dz.data_ptr<scalar_t>(),
+                            sum_dz_xhat.data_ptr<scalar_t>());
+      else
+        sums_bwd<scalar_t>(args, a, rows, sum_dz.data_ptr<scalar_t>(),
+                           sum_dz_xhat.data_ptr<scalar_t>());
     });
     sum_dz_xhat.mul_(is);  // sum of dz * x_hat
   }
   at::Tensor gx = input.new_empty({0});
   if (output_mask[0]) {
     gx = at::empty(x.sizes(), x.options().memory_format(fmt));
-    const at::Tensor w_invstd = weight.has_value() ? (*weight * is).contiguous() : is;
+    at::Tensor w_invstd = weight.has_value() ? (*weight * is).contiguous() : is;
     at::Tensor k2, k3;
     if (training) {  // the batch statistics depend on x too
       const double M = double(N * P);
@@ -461,13 +533,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
       k2 = at::zeros({C}, x.options());
       k3 = at::zeros({C}, x.options());
     }
+    w_invstd = cols(w_invstd), k2 = cols(k2), k3 = cols(k3);
     if (gx.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_grad_input", [&] {
         auto args = args_of<scalar_t>(x, g, gx, scale, shift, m);
+        if (wide) as_wide_rows(args);
         args.k1 = w_invstd.const_data_ptr<scalar_t>();
         args.k2 = k2.const_data_ptr<scalar_t>();
         args.k3 = k3.const_data_ptr<scalar_t>();
-        apply_bwd<scalar_t>(args, a, rows);
+        apply_bwd<scalar_t>(args, a, rows || wide);
       });
     }
   }

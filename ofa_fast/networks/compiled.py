@@ -33,8 +33,7 @@ subnets at one input shape, in one mode, makes one, with no graph break (fullgra
 is the default here, so a break would raise). Recompilations still come from what
 Dynamo guards on as usual: train() / eval() and grad mode (one graph each), the backend
 (ofa_fast.set_backend), and input shapes: a new batch size or resolution recompiles
-once with dynamic shapes (a threshold on the plane size in ofa_fast.ops.batch_norm_act
-may add one more).
+once with dynamic shapes.
 
 With Inductor (the default backend) its layout optimisation is switched off here: its
 channels-last intermediates reach torch.cond's branches in another layout than the one

@@ -9,7 +9,9 @@ statistics) in place. In training it uses the batch statistics and then updates
 bn.running_mean[:C] / running_var[:C] in place with the momentum (or the cumulative
 average) and num_batches_tracked, exactly as F.batch_norm and OFA's bn_forward do.
 The kernel (csrc/bn/bn_act.cpp) saves a read and a write of the activation forward, and
-two reads and a write backward, against BN then activation.
+two reads and a write backward, against BN then activation; NCHW tensors with small
+planes (under 64 pixels, the last stages of a low-resolution supernet) it walks as rows
+of C * H * W values, so its loops stay vectorized where PyTorch's per-plane ones are not.
 """
 from __future__ import annotations
 
@@ -47,8 +49,7 @@ if _ext.has_cpu_kernels():
 def batch_norm_act(x, bn, activation):
     """act(bn(x)) for the nn.BatchNorm2d `bn` over x's first C channels, in one op; None
     when the op does not apply here (not the cpu backend, another dtype, a batch of one
-    value per channel, NCHW planes under 64 pixels, where PyTorch's own BN is faster):
-    the caller then runs BN and the activation itself."""
+    value per channel): the caller then runs BN and the activation itself."""
     if activation not in BN_ACTIVATIONS:
         raise ValueError(f"ofa_fast.batch_norm_act: activation = {activation!r} is not allowed; "
                          f"choose from {', '.join(BN_ACTIVATIONS)}")
@@ -61,8 +62,6 @@ def batch_norm_act(x, bn, activation):
     if C > bn.num_features:
         raise ValueError(f"DynamicBatchNorm2d: input has {C} channels, more than the max "
                          f"{bn.num_features}")
-    if x.shape[2] * x.shape[3] < 64 and not x.is_contiguous(memory_format=torch.channels_last):
-        return None  # NCHW planes this small: PyTorch's BN kernels are faster
     batch_stats = bn.training or not bn.track_running_stats
     if batch_stats and x.shape[0] * x.shape[2] * x.shape[3] <= 1:
         return None  # PyTorch's BN raises its own error for this
