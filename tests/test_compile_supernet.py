@@ -8,6 +8,7 @@ the backend) over 20 random subnets and no graph break. Cheap backends keep this
 1-2) keep the graphs small; the mechanism is the same at full size."""
 import copy
 import random
+import re
 
 import pytest
 import torch
@@ -16,7 +17,13 @@ from torch._dynamo.utils import counters
 
 import ofa_fast
 from ofa_fast.networks import OFAMobileNetV3, OFAProxylessNASNets, OFAResNets
+from ofa_fast.networks import compiled
 from ofa_fast.ops import elastic_dwconv2d, sliced_conv2d
+
+_OLD_TORCH = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < compiled.MIN_TORCH
+needs_new_torch = pytest.mark.skipif(
+    _OLD_TORCH, reason=f"compile_supernet needs PyTorch >= {compiled.MIN_TORCH}; this is "
+                       f"{torch.__version__} (test_older_torch_is_refused covers it)")
 
 
 class CountingBackend:
@@ -87,18 +94,21 @@ def run_subnets(kind, backend, steps, size=32, check_every=1):
     return counting.graphs
 
 
+@needs_new_torch
 def test_mobilenet_v3_one_graph_for_twenty_subnets():
     graphs = run_subnets("mbv3", "aot_eager", steps=20, check_every=4)
     assert graphs == 1  # the goal: at most 2
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
+@needs_new_torch
 @pytest.mark.parametrize("kind", ["proxyless", "resnets"])
 def test_other_supernets_one_graph(kind):
     assert run_subnets(kind, "eager", steps=6) == 1
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
+@needs_new_torch
 def test_eval_one_graph_and_eager_values():
     net = build("mbv3").eval()
     counting = CountingBackend("eager")
@@ -118,6 +128,7 @@ def compiled_mbv3():
     return ofa_fast.compile_supernet(net, backend="eager")
 
 
+@needs_new_torch
 def test_unused_parameters_get_zero_grads_without_restore(compiled_mbv3):
     compiled, net = compiled_mbv3, compiled_mbv3.net
     compiled.restore_none_grads = False
@@ -133,6 +144,7 @@ def test_unused_parameters_get_zero_grads_without_restore(compiled_mbv3):
     net.zero_grad(set_to_none=True)
 
 
+@needs_new_torch
 def test_restored_none_grads_never_drop_a_gradient(compiled_mbv3):
     compiled, net = compiled_mbv3, compiled_mbv3.net
     x = torch.randn(2, 3, 32, 32)
@@ -154,6 +166,14 @@ def test_restored_none_grads_never_drop_a_gradient(compiled_mbv3):
     for p, g in zip(block.parameters(), before):
         torch.testing.assert_close(p.grad, g)
     net.zero_grad(set_to_none=True)
+
+
+def test_older_torch_is_refused():
+    for ok in ("2.14.1+cu130", "2.14.0a0+git1234", "2.15.0", "3.0.0"):
+        compiled._check_torch_version(ok)
+    for old in ("2.13.0+cpu", "2.11.0+cu130", "1.13.1"):
+        with pytest.raises(RuntimeError, match=r"needs PyTorch 2\.14 or newer; this is " + re.escape(old)):
+            compiled._check_torch_version(old)
 
 
 def test_only_ofa_fast_supernets():

@@ -161,6 +161,7 @@ class CompiledSupernet(nn.Module):
                 "ofa_fast's OFAMobileNetV3, OFAProxylessNASNets and OFAResNets (an `ofa` "
                 "supernet after ofa_fast.patch keeps OFA's network class: build it with "
                 "ofa_fast.networks / ofa_fast.ofa_net and load its state_dict)")
+        _check_torch_version(torch.__version__)
         self.net = net
         kwargs = {"fullgraph": True}
         kwargs.update(compile_kwargs)
@@ -190,6 +191,22 @@ class CompiledSupernet(nn.Module):
             if net is None:
                 raise
             return getattr(net, name)
+
+
+MIN_TORCH = (2, 14)
+
+
+def _check_torch_version(version):
+    """Compiled supernets need PyTorch 2.14 or newer: 2.13 and 2.11 (tried) reject the
+    graph in torch.cond, whose check of its branches' output strides fails on the
+    symbolic widths' strides (64*Max(1, s) for a width s)."""
+    release = tuple(int(p) for p in version.split("+")[0].split(".")[:2])
+    if release < MIN_TORCH:
+        raise RuntimeError(
+            f"compile_supernet needs PyTorch {MIN_TORCH[0]}.{MIN_TORCH[1]} or newer; this is "
+            f"{version}, whose torch.cond rejects the supernet's graph (its check of the "
+            "branches' output strides fails on symbolic widths). Run the supernet eagerly, "
+            "or upgrade PyTorch")
 
 
 def compile_supernet(net, restore_none_grads=True, **compile_kwargs):
