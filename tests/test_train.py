@@ -294,11 +294,13 @@ def test_two_process_gloo_run_keeps_the_ranks_identical(tmp_path):
 
 
 def test_short_run_learns(tmp_path):
-    """160 steps of the full network on the embedded synthetic set: the largest
+    """240 steps of the full network on the embedded synthetic set: the largest
     network's validation top-1 (BN recalibrated) ends well above chance (10 classes:
-    10%, +-1.3% for 512 images), and so does training accuracy."""
+    10%, +-1.3% for 512 images), and so does training accuracy. (How soon the supernet
+    leaves chance is chaotic: with 160 steps a change of float rounding alone moved the
+    final top-1 from above 16% to 14%; 240 steps gave 29%.)"""
     out = str(tmp_path / "run")
-    assert _run(["--out", out, "--phase", "full:epochs=5", "--train-samples", "2048",
+    assert _run(["--out", out, "--phase", "full:epochs=5", "--train-samples", "3072",
                  "--val-samples", "512", "--batch-size", "64", "--image-sizes", "32",
                  "--calib-images", "256", "--val-subnets", "0", "--val-every", "5",
                  "--lr", "0.05", "--dropout", "0", "--warmup-epochs", "0", "--no-progress",
