@@ -20,7 +20,7 @@ from ofa_fast.networks import OFAMobileNetV3, OFAProxylessNASNets, OFAResNets
 from ofa_fast.networks import compiled
 from ofa_fast.ops import elastic_dwconv2d, sliced_conv2d
 
-_OLD_TORCH = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < compiled.MIN_TORCH
+_OLD_TORCH = compiled.torch_release(torch.__version__) < compiled.MIN_TORCH
 needs_new_torch = pytest.mark.skipif(
     _OLD_TORCH, reason=f"compile_supernet needs PyTorch >= {compiled.MIN_TORCH}; this is "
                        f"{torch.__version__} (test_older_torch_is_refused covers it)")

@@ -196,12 +196,16 @@ class CompiledSupernet(nn.Module):
 MIN_TORCH = (2, 14)
 
 
+def torch_release(version):
+    """(major, minor) of a PyTorch version string such as "2.14.1+cu130"."""
+    return tuple(int(p) for p in version.split("+")[0].split(".")[:2])
+
+
 def _check_torch_version(version):
     """Compiled supernets need PyTorch 2.14 or newer: 2.13 and 2.11 (tried) reject the
     graph in torch.cond, whose check of its branches' output strides fails on the
     symbolic widths' strides (64*Max(1, s) for a width s)."""
-    release = tuple(int(p) for p in version.split("+")[0].split(".")[:2])
-    if release < MIN_TORCH:
+    if torch_release(version) < MIN_TORCH:
         raise RuntimeError(
             f"compile_supernet needs PyTorch {MIN_TORCH[0]}.{MIN_TORCH[1]} or newer; this is "
             f"{version}, whose torch.cond rejects the supernet's graph (its check of the "
