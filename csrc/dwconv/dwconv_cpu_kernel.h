@@ -33,6 +33,10 @@ using ofa_fast::dwconv::tap_matches_phase;
 // Largest kernel size the kernels take (the op checks it first).
 constexpr int kMaxK = ofa_fast::dwconv::kMaxKernelSize;
 
+// Bytes of tile rows a loop may keep hot in the L1 data cache (48 KB on recent Xeons;
+// half of it leaves room for the rest).
+constexpr int64_t kL1Budget = 24 * 1024;
+
 struct Problem {
   int64_t N, C, H, W;  // input (active channels only)
   int64_t OH, OW;      // output
@@ -457,17 +461,18 @@ OFA_INLINE void input_grad_block(const Problem& P, const GradOutTile& gt, const 
   }
 }
 
-// J filter-gradient accumulators of filter row i, columns [j0, j0 + J), over the
-// whole output tile of one unit; added into acc[(i * k + j) * V]. Dilation 1 (OFA's
+// J filter-gradient accumulators of filter row i, columns [j0, j0 + J), over output
+// rows [oh0, oh1) of one unit's tile; added into acc[(i * k + j) * V]. Dilation 1 (OFA's
 // case) is a template case so the taps' offsets are constants, not spilled registers.
 template <typename T, int J, bool kUnitDilation>
 OFA_INLINE void wgrad_taps(const Problem& P, const InputTile& it, const T* xt, const T* g,
-                           int64_t g_row, int64_t g_px, int64_t i, int64_t j0, T* acc) {
+                           int64_t g_row, int64_t g_px, int64_t oh0, int64_t oh1, int64_t i,
+                           int64_t j0, T* acc) {
   constexpr int V = kLanes<T>;
   Vec<T, V> a[J];
   for (int jj = 0; jj < J; ++jj) a[jj] = Vec<T, V>::zero();
   const int64_t step = P.s * V, dj = kUnitDilation ? V : P.d * V;
-  for (int64_t oh = 0; oh < P.OH; ++oh) {
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
     const T* xp = xt + ((oh * P.s + i * P.d) * it.cols + j0 * P.d) * V;
     const T* gp = g + oh * g_row;
     for (int64_t ow = 0; ow < P.OW; ++ow, xp += step, gp += g_px) {
@@ -485,17 +490,18 @@ OFA_INLINE void wgrad_taps(const Problem& P, const InputTile& it, const T* xt, c
 
 template <typename T, bool kUnitDilation>
 OFA_INLINE void wgrad_row(const Problem& P, const InputTile& it, const T* xt, const T* g,
-                          int64_t g_row, int64_t g_px, int64_t i, T* acc) {
+                          int64_t g_row, int64_t g_px, int64_t oh0, int64_t oh1, int64_t i,
+                          T* acc) {
   int64_t j = 0;
-  for (; j + 8 <= P.k; j += 8) wgrad_taps<T, 8, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc);
+  for (; j + 8 <= P.k; j += 8) wgrad_taps<T, 8, kUnitDilation>(P, it, xt, g, g_row, g_px, oh0, oh1, i, j, acc);
   switch (P.k - j) {
-    case 7: wgrad_taps<T, 7, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
-    case 6: wgrad_taps<T, 6, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
-    case 5: wgrad_taps<T, 5, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
-    case 4: wgrad_taps<T, 4, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
-    case 3: wgrad_taps<T, 3, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
-    case 2: wgrad_taps<T, 2, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
-    case 1: wgrad_taps<T, 1, kUnitDilation>(P, it, xt, g, g_row, g_px, i, j, acc); break;
+    case 7: wgrad_taps<T, 7, kUnitDilation>(P, it, xt, g, g_row, g_px, oh0, oh1, i, j, acc); break;
+    case 6: wgrad_taps<T, 6, kUnitDilation>(P, it, xt, g, g_row, g_px, oh0, oh1, i, j, acc); break;
+    case 5: wgrad_taps<T, 5, kUnitDilation>(P, it, xt, g, g_row, g_px, oh0, oh1, i, j, acc); break;
+    case 4: wgrad_taps<T, 4, kUnitDilation>(P, it, xt, g, g_row, g_px, oh0, oh1, i, j, acc); break;
+    case 3: wgrad_taps<T, 3, kUnitDilation>(P, it, xt, g, g_row, g_px, oh0, oh1, i, j, acc); break;
+    case 2: wgrad_taps<T, 2, kUnitDilation>(P, it, xt, g, g_row, g_px, oh0, oh1, i, j, acc); break;
+    case 1: wgrad_taps<T, 1, kUnitDilation>(P, it, xt, g, g_row, g_px, oh0, oh1, i, j, acc); break;
     default: break;
   }
 }
@@ -519,6 +525,12 @@ OFA_INLINE void bwd(const Problem& P, const T* go, const Layout& Lg, const T* x,
   std::vector<T> xt(static_cast<size_t>(need_gw ? group * xsize : 0));
   std::vector<T> dt(static_cast<size_t>(need_gx ? group * dsize : 0));
   const int64_t g0 = (gtile.pad * gtile.cols + gtile.pad) * V, g_row = gtile.cols * V;
+  // The filter gradient walks the output rows in bands whose input rows (and grad_out
+  // rows) stay in the L1 cache across the k filter rows: one pass over the whole
+  // plane per filter row streamed the tiles from L2 k times.
+  const int64_t in_row = it.cols * V * int64_t(sizeof(T)), go_row = gtile.cols * V * int64_t(sizeof(T));
+  const int64_t band = std::max<int64_t>(
+      1, (kL1Budget / (in_row + go_row) - (P.k - 1) * P.d) / std::max<int64_t>(1, P.s));
   for (int64_t index = begin; index < end; ++index) {
     const Unit u = unit_of(index, nb, group);
     load_tiles(gt.data(), gtile.rows, gtile.cols, go + u.n * Lg.sn, Lg, P.C, P.OH, P.OW, gtile.pad,
@@ -533,9 +545,12 @@ OFA_INLINE void bwd(const Problem& P, const T* go, const Layout& Lg, const T* x,
       if (need_gw) {
         const T* xb = xt.data() + (b - u.b0) * xsize;
         T* a = acc + b * kk * V;
-        for (int64_t i = 0; i < P.k; ++i) {
-          if (P.d == 1) wgrad_row<T, true>(P, it, xb, gb + g0, g_row, V, i, a);
-          else wgrad_row<T, false>(P, it, xb, gb + g0, g_row, V, i, a);
+        for (int64_t oh0 = 0; oh0 < P.OH; oh0 += band) {
+          const int64_t oh1 = std::min(P.OH, oh0 + band);
+          for (int64_t i = 0; i < P.k; ++i) {
+            if (P.d == 1) wgrad_row<T, true>(P, it, xb, gb + g0, g_row, V, oh0, oh1, i, a);
+            else wgrad_row<T, false>(P, it, xb, gb + g0, g_row, V, oh0, oh1, i, a);
+          }
         }
       }
     }

@@ -10,6 +10,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from .. import ops as _ops
 from .utils import (
     MyModule,
     MyNetwork,
@@ -23,6 +24,7 @@ from .utils import (
 
 __all__ = [
     "set_layer_from_config",
+    "FastConv2d",
     "My2DLayer",
     "ConvLayer",
     "IdentityLayer",
@@ -33,6 +35,58 @@ __all__ = [
     "ResidualBlock",
     "ResNetBottleneckBlock",
 ]
+
+
+def _exporting():
+    """True while the module is traced for deployment (torch.export, ONNX, TorchScript):
+    the graph then holds PyTorch's own convolution, which every runtime knows."""
+    return (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+            or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+class FastConv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, state_dict keys, hooks, isinstance) whose forward runs
+    ofa_fast's kernels for the two convs of OFA's static layers that PyTorch's CPU path
+    serves slowly:
+
+    - depthwise (groups == in == out channels, no bias, square odd kernel, OFA's padding
+      kernel_size // 2 * dilation): ops.dwconv2d (PyTorch's NCHW depthwise 3 x 3 forward
+      was 6x slower at 16 channels, 64 x 64, batch 16);
+    - 1 x 1 (groups 1, no padding, dilation 1): ops.pointwise_conv2d (PyTorch's backward of
+      the 960 -> 1280 feature-mix conv on 1 x 1 maps took 26 ms at batch 64, ofa_fast's 5).
+
+    Every other conv, input that is not 4-D or does not match the weight's channels,
+    device or dtype, and deployment tracing (torch.export, ONNX, TorchScript: the graph
+    keeps aten's convolution) run nn.Conv2d's forward. Under ofa_fast.use_backend(
+    "reference") the ops run PyTorch's convolution too."""
+
+    def _ofa_fast_route(self, x):
+        if _exporting() or (
+                not isinstance(x, torch.Tensor) or x.dim() != 4 or x.size(1) != self.in_channels
+                or self.padding_mode != "zeros" or isinstance(self.padding, str)
+                or x.device != self.weight.device
+                or (x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type))):
+            return None
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (self.kernel_size, self.stride, self.dilation,
+                                                  self.padding)
+        if sh != sw:
+            return None
+        if kh == kw == 1 and self.groups == 1 and ph == pw == 0 and dh == dw == 1:
+            return "pointwise"
+        if (kh == kw and kh % 2 == 1 and dh == dw and ph == pw == kh // 2 * dh
+                and self.bias is None and self.groups == self.in_channels == self.out_channels):
+            return "depthwise"
+        return None
+
+    def forward(self, x):
+        route = self._ofa_fast_route(x)
+        if route == "pointwise":
+            return _ops.pointwise_conv2d(x, self.weight, self.bias, self.out_channels,
+                                         self.stride[0], op="FastConv2d")
+        if route == "depthwise":
+            return _ops.dwconv2d(x, self.weight, self.kernel_size[0], self.stride[0],
+                                 self.dilation[0], self.padding[0])
+        return super().forward(x)
 
 
 def _layer_classes():
@@ -221,7 +275,7 @@ class ConvLayer(My2DLayer):
         if self.out_channels % groups:
             raise ValueError(f"ConvLayer: out_channels = {self.out_channels} is not divisible by "
                              f"groups = {groups}")
-        ops = OrderedDict(conv=nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
+        ops = OrderedDict(conv=FastConv2d(self.in_channels, self.out_channels, self.kernel_size,
                                          stride=self.stride, padding=padding,
                                          dilation=self.dilation, groups=groups, bias=self.bias))
         if self.has_shuffle and self.groups > 1:
@@ -476,18 +530,18 @@ class MBConvLayer(MyModule):
             self.inverted_bottleneck = None
         else:
             self.inverted_bottleneck = nn.Sequential(OrderedDict(_conv_bn_act(
-                nn.Conv2d(in_channels, feature_dim, 1, 1, 0, bias=False), feature_dim, act_func)))
+                FastConv2d(in_channels, feature_dim, 1, 1, 0, bias=False), feature_dim, act_func)))
 
         dw_groups = feature_dim if groups is None else min_divisible_value(feature_dim, groups)
         depth_ops = _conv_bn_act(
-            nn.Conv2d(feature_dim, feature_dim, kernel_size, stride, get_same_padding(kernel_size),
+            FastConv2d(feature_dim, feature_dim, kernel_size, stride, get_same_padding(kernel_size),
                       groups=dw_groups, bias=False), feature_dim, act_func)
         if use_se:
             depth_ops.append(("se", SEModule(feature_dim)))
         self.depth_conv = nn.Sequential(OrderedDict(depth_ops))
 
         self.point_linear = nn.Sequential(OrderedDict(_conv_bn_act(
-            nn.Conv2d(feature_dim, out_channels, 1, 1, 0, bias=False), out_channels, with_act=False)))
+            FastConv2d(feature_dim, out_channels, 1, 1, 0, bias=False), out_channels, with_act=False)))
 
     def forward(self, x):
         if self.inverted_bottleneck is not None:
@@ -617,24 +671,24 @@ class ResNetBottleneckBlock(MyModule):
                              f"{groups}")
 
         self.conv1 = nn.Sequential(OrderedDict(_conv_bn_act(
-            nn.Conv2d(in_channels, feature_dim, 1, 1, 0, bias=False), feature_dim, act_func)))
+            FastConv2d(in_channels, feature_dim, 1, 1, 0, bias=False), feature_dim, act_func)))
         self.conv2 = nn.Sequential(OrderedDict(_conv_bn_act(
-            nn.Conv2d(feature_dim, feature_dim, kernel_size, stride, get_same_padding(kernel_size),
+            FastConv2d(feature_dim, feature_dim, kernel_size, stride, get_same_padding(kernel_size),
                       groups=groups, bias=False), feature_dim, act_func)))
         self.conv3 = nn.Sequential(OrderedDict(_conv_bn_act(
-            nn.Conv2d(feature_dim, out_channels, 1, 1, 0, bias=False), out_channels, with_act=False)))
+            FastConv2d(feature_dim, out_channels, 1, 1, 0, bias=False), out_channels, with_act=False)))
 
         if stride == 1 and in_channels == out_channels:
             self.downsample = IdentityLayer(in_channels, out_channels)
         elif downsample_mode == "conv":
             self.downsample = nn.Sequential(OrderedDict(_conv_bn_act(
-                nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False), out_channels,
+                FastConv2d(in_channels, out_channels, 1, stride, 0, bias=False), out_channels,
                 with_act=False)))
         else:
             self.downsample = nn.Sequential(OrderedDict(
                 [("avg_pool", nn.AvgPool2d(kernel_size=stride, stride=stride, padding=0,
                                            ceil_mode=True))]
-                + _conv_bn_act(nn.Conv2d(in_channels, out_channels, 1, 1, 0, bias=False),
+                + _conv_bn_act(FastConv2d(in_channels, out_channels, 1, 1, 0, bias=False),
                                out_channels, with_act=False)))
 
         self.final_act = build_activation(act_func, inplace=True)
