@@ -4,11 +4,9 @@
     swapped = ofa_fast.patch(net)      # same Parameter objects, buffers, hooks, optimizer
 
 Every module of a class from the `ofa` package that ofa_fast has a twin of (the dynamic
-ops, the dynamic layers, the Hswish / Hsigmoid activations) has its class switched in
-place to the ofa_fast twin (`module.__class__ = Twin`); so do the plain nn.Conv2d convs
-of OFA's static layers (ConvLayer, MBConvLayer, ResNetBottleneckBlock: the supernets'
-stem, first block and head, and every layer of an extracted subnet), to
-ofa_fast.nn.FastConv2d. The twins have OFA's attributes,
+ops, the dynamic layers, the static ConvLayer / MBConvLayer / ResNetBottleneckBlock, the
+Hswish / Hsigmoid activations) has its class switched in place to the ofa_fast twin
+(`module.__class__ = Twin`). The twins have OFA's attributes,
 submodule names and parameter names, so the module keeps every Parameter object,
 buffer, hook and attribute it had: an optimizer built before the patch, a DDP wrapper,
 a registered hook or a state_dict all stay valid. Only forward (and the methods the
@@ -38,16 +36,9 @@ _OFA_MODULES = {
         "DynamicMBConvLayer", "DynamicConvLayer", "DynamicLinearLayer",
         "DynamicResNetBottleneckBlock"),
     "ofa.utils.pytorch_modules": ("Hswish", "Hsigmoid"),
-}
-
-# OFA's static layers (ofa.utils.layers) are kept, but their plain nn.Conv2d convs at
-# these paths become ofa_fast.nn.FastConv2d (an nn.Conv2d subclass: same parameters;
-# depthwise and 1x1 convs run ofa_fast's kernels). SE's tiny convs stay as they are.
-_OFA_STATIC_LAYERS = "ofa.utils.layers"
-_STATIC_CONVS = {
-    "ConvLayer": ("conv",),
-    "MBConvLayer": ("inverted_bottleneck.conv", "depth_conv.conv", "point_linear.conv"),
-    "ResNetBottleneckBlock": ("conv1.conv", "conv2.conv", "conv3.conv", "downsample.conv"),
+    # the static layers of the supernets' stem, first block and head, and of every
+    # extracted subnet: ofa_fast's run their depthwise and 1x1 convs with its kernels
+    "ofa.utils.layers": ("ConvLayer", "MBConvLayer", "ResNetBottleneckBlock"),
 }
 
 # attributes a module must carry for its twin's forward (checked before any swap)
@@ -62,6 +53,8 @@ _REQUIRED = {
     "DynamicGroupNorm": ("channel_per_group",),
     "DynamicSE": ("fc", "channel", "reduction"),
     "DynamicLinear": ("linear", "bias", "active_out_features", "max_out_features"),
+    "MBConvLayer": ("inverted_bottleneck", "depth_conv", "point_linear"),
+    "ResNetBottleneckBlock": ("conv1", "conv2", "conv3", "downsample", "final_act"),
 }
 
 
@@ -73,22 +66,6 @@ def _twin_of(cls):
                 return None
             return twin
     return None
-
-
-def _static_convs(name, module):
-    """[(qualified name, conv)] of the plain nn.Conv2d convs of an OFA static layer."""
-    cls = type(module)
-    if cls.__module__ != _OFA_STATIC_LAYERS or cls.__name__ not in _STATIC_CONVS:
-        return []
-    found = []
-    for path in _STATIC_CONVS[cls.__name__]:
-        try:
-            conv = module.get_submodule(path)
-        except AttributeError:  # absent in this layer (no expansion, identity shortcut)
-            continue
-        if type(conv) is nn.Conv2d:
-            found.append((f"{name}.{path}" if name else path, conv))
-    return found
 
 
 def PATCHABLE():
@@ -106,7 +83,6 @@ def patch(model: nn.Module, *, verbose: bool = False):
         raise TypeError(f"ofa_fast.patch: expected an nn.Module, got {type(model).__name__}")
     plan = []
     for name, module in model.named_modules(remove_duplicate=True):
-        plan.extend((conv_name, conv, _nn.FastConv2d) for conv_name, conv in _static_convs(name, module))
         twin = _twin_of(type(module))
         if twin is None:
             continue

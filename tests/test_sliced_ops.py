@@ -16,9 +16,14 @@ LINEAR_CASES = [(1, 1, 1, 1, 1), (5, 7, 9, 6, 10), (16, 24, 24, 40, 40), (3, 33,
                 (0, 4, 8, 3, 5)]
 CONV_CASES = [(1, 7, 9, 6, 10, 1, 1), (2, 7, 9, 6, 10, 3, 4), (3, 16, 24, 40, 48, 8, 8),
               (1, 24, 24, 24, 24, 5, 7), (2, 5, 8, 3, 4, 1, 1),
-              # NCHW batches of small images run as one GEMM in rows layout (7x7 is the
+              # NCHW batches of tiny images run as one GEMM in rows layout (3x5 is the
               # largest such image); one input channel stays on the per-image path
-              (8, 16, 24, 40, 48, 7, 7), (2, 1, 4, 3, 5, 3, 3)]
+              (8, 16, 24, 40, 48, 3, 5), (2, 1, 4, 3, 5, 3, 3),
+              # NCHW, one batched GEMM for the images (the weight gradient: a batched GEMM
+              # summed, then per-image GEMMs as the weight grows, then as images grow)
+              (8, 16, 24, 40, 48, 7, 7), (4, 96, 96, 80, 80, 4, 5), (2, 8, 8, 64, 64, 8, 9),
+              # NCHW, per-image GEMMs (64 x 32 x 33 outputs per image)
+              (2, 8, 12, 64, 64, 32, 33)]
 FORMATS = ["nchw", "cl", "strided"]
 
 

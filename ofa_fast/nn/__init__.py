@@ -6,7 +6,7 @@ from .dynamic_op import (DynamicBatchNorm2d, DynamicConv2d, DynamicGroupConv2d, 
 from .dynamic_layers import (DynamicConvLayer, DynamicLinearLayer, DynamicMBConvLayer,
                              DynamicResNetBottleneckBlock)
 from .fused import fusion, fusion_enabled
-from .layers import (ConvLayer, FastConv2d, IdentityLayer, LinearLayer, MBConvLayer, MultiHeadLinearLayer,
+from .layers import (ConvLayer, IdentityLayer, LinearLayer, MBConvLayer, MultiHeadLinearLayer,
                      My2DLayer, ResidualBlock, ResNetBottleneckBlock, ZeroLayer,
                      set_layer_from_config)
 from .utils import (Hsigmoid, Hswish, MyGlobalAvgPool2d, MyModule, MyNetwork, SEModule,
@@ -22,7 +22,7 @@ __all__ = [
     "DynamicConvLayer", "DynamicLinearLayer", "DynamicMBConvLayer",
     "DynamicResNetBottleneckBlock",
     # static layers
-    "ConvLayer", "FastConv2d", "IdentityLayer", "LinearLayer", "MBConvLayer", "MultiHeadLinearLayer",
+    "ConvLayer", "IdentityLayer", "LinearLayer", "MBConvLayer", "MultiHeadLinearLayer",
     "My2DLayer", "ResidualBlock", "ResNetBottleneckBlock", "ZeroLayer", "set_layer_from_config",
     # helpers
     "Hsigmoid", "Hswish", "MyGlobalAvgPool2d", "MyModule", "MyNetwork", "SEModule",

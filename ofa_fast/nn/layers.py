@@ -24,7 +24,6 @@ from .utils import (
 
 __all__ = [
     "set_layer_from_config",
-    "FastConv2d",
     "My2DLayer",
     "ConvLayer",
     "IdentityLayer",
@@ -44,49 +43,62 @@ def _exporting():
             or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
-class FastConv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters, state_dict keys, hooks, isinstance) whose forward runs
-    ofa_fast's kernels for the two convs of OFA's static layers that PyTorch's CPU path
-    serves slowly:
+def _hooked(module):
+    """True if calling `module` runs more than its forward: hooks of its own or global ones
+    (OFA's count_net_flops counts through forward hooks), or a compiled call."""
+    g = nn.modules.module
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or g._global_forward_hooks
+                or g._global_forward_pre_hooks or g._global_backward_hooks
+                or g._global_backward_pre_hooks
+                or getattr(module, "_compiled_call_impl", None) is not None)
+
+
+def conv_route(conv, x):
+    """How a static layer runs its plain nn.Conv2d `conv` on x: "depthwise" (ops.dwconv2d),
+    "pointwise" (ops.pointwise_conv2d) or None (calling the module). ofa_fast's kernels
+    take the two convs PyTorch's CPU path serves slowly:
 
     - depthwise (groups == in == out channels, no bias, square odd kernel, OFA's padding
-      kernel_size // 2 * dilation): ops.dwconv2d (PyTorch's NCHW depthwise 3 x 3 forward
-      was 6x slower at 16 channels, 64 x 64, batch 16);
-    - 1 x 1 (groups 1, no padding, dilation 1): ops.pointwise_conv2d (PyTorch's backward of
-      the 960 -> 1280 feature-mix conv on 1 x 1 maps took 26 ms at batch 64, ofa_fast's 5).
+      kernel_size // 2 * dilation): PyTorch's NCHW depthwise 3 x 3 forward was 6x slower
+      at 16 channels, 64 x 64, batch 16;
+    - 1 x 1 (groups 1, no padding, dilation 1): PyTorch's backward of the 960 -> 1280
+      feature-mix conv on 1 x 1 maps took 26 ms at batch 64, ofa_fast's 5.
 
-    Every other conv, input that is not 4-D or does not match the weight's channels,
-    device or dtype, and deployment tracing (torch.export, ONNX, TorchScript: the graph
-    keeps aten's convolution) run nn.Conv2d's forward. Under ofa_fast.use_backend(
-    "reference") the ops run PyTorch's convolution too."""
-
-    def _ofa_fast_route(self, x):
-        if _exporting() or (
-                not isinstance(x, torch.Tensor) or x.dim() != 4 or x.size(1) != self.in_channels
-                or self.padding_mode != "zeros" or isinstance(self.padding, str)
-                or x.device != self.weight.device
-                or (x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type))):
-            return None
-        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (self.kernel_size, self.stride, self.dilation,
-                                                  self.padding)
-        if sh != sw:
-            return None
-        if kh == kw == 1 and self.groups == 1 and ph == pw == 0 and dh == dw == 1:
-            return "pointwise"
-        if (kh == kw and kh % 2 == 1 and dh == dw and ph == pw == kh // 2 * dh
-                and self.bias is None and self.groups == self.in_channels == self.out_channels):
-            return "depthwise"
+    None for: a conv with hooks (they must run: OFA's MAC counter is one) or a compiled
+    call, a subclass of nn.Conv2d, GPU tensors (cuDNN serves these convs well), every
+    other conv, input that is not 4-D or does not match the weight's channels or dtype,
+    and deployment tracing (torch.export, ONNX, TorchScript: the graph keeps aten's
+    convolution, which every runtime knows). Under ofa_fast.use_backend("reference") the
+    ops run PyTorch's convolution too."""
+    if type(conv) is not nn.Conv2d or _exporting() or _hooked(conv) or (
+            not isinstance(x, torch.Tensor) or x.dim() != 4 or x.size(1) != conv.in_channels
+            or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+            or x.device.type != "cpu" or conv.weight.device.type != "cpu"
+            or (x.dtype != conv.weight.dtype and not torch.is_autocast_enabled("cpu"))):
         return None
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, \
+        conv.padding
+    if sh != sw:
+        return None
+    if kh == kw == 1 and conv.groups == 1 and ph == pw == 0 and dh == dw == 1:
+        return "pointwise"
+    if (kh == kw and kh % 2 == 1 and dh == dw and ph == pw == kh // 2 * dh
+            and conv.bias is None and conv.groups == conv.in_channels == conv.out_channels):
+        return "depthwise"
+    return None
 
-    def forward(self, x):
-        route = self._ofa_fast_route(x)
-        if route == "pointwise":
-            return _ops.pointwise_conv2d(x, self.weight, self.bias, self.out_channels,
-                                         self.stride[0], op="FastConv2d")
-        if route == "depthwise":
-            return _ops.dwconv2d(x, self.weight, self.kernel_size[0], self.stride[0],
-                                 self.dilation[0], self.padding[0])
-        return super().forward(x)
+
+def _call(module, x):
+    """module(x); a plain nn.Conv2d that conv_route takes runs ofa_fast's op instead."""
+    route = conv_route(module, x) if type(module) is nn.Conv2d else None
+    if route == "pointwise":
+        return _ops.pointwise_conv2d(x, module.weight, module.bias, module.out_channels,
+                                     module.stride[0], op="nn.Conv2d")
+    if route == "depthwise":
+        return _ops.dwconv2d(x, module.weight, module.kernel_size[0], module.stride[0],
+                             module.dilation[0], module.padding[0])
+    return module(x)
 
 
 def _layer_classes():
@@ -190,7 +202,7 @@ class _OrderedOpsMixin:
 
     def forward(self, x):
         for module in self._modules.values():
-            x = module(x)
+            x = _call(module, x)
         return x
 
 
@@ -275,7 +287,7 @@ class ConvLayer(My2DLayer):
         if self.out_channels % groups:
             raise ValueError(f"ConvLayer: out_channels = {self.out_channels} is not divisible by "
                              f"groups = {groups}")
-        ops = OrderedDict(conv=FastConv2d(self.in_channels, self.out_channels, self.kernel_size,
+        ops = OrderedDict(conv=nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
                                          stride=self.stride, padding=padding,
                                          dilation=self.dilation, groups=groups, bias=self.bias))
         if self.has_shuffle and self.groups > 1:
@@ -473,10 +485,13 @@ class ZeroLayer(MyModule):
 
 
 def _seq_forward(seq, x):
-    """nn.Sequential's forward, skipping an activation that is None (act_func=None)."""
+    """nn.Sequential's forward, skipping an activation that is None (act_func=None); its
+    convs run as _call runs them. A Sequential with hooks is called as a module."""
+    if _hooked(seq):
+        return seq(x)
     for module in seq:
         if module is not None:
-            x = module(x)
+            x = _call(module, x)
     return x
 
 
@@ -530,23 +545,23 @@ class MBConvLayer(MyModule):
             self.inverted_bottleneck = None
         else:
             self.inverted_bottleneck = nn.Sequential(OrderedDict(_conv_bn_act(
-                FastConv2d(in_channels, feature_dim, 1, 1, 0, bias=False), feature_dim, act_func)))
+                nn.Conv2d(in_channels, feature_dim, 1, 1, 0, bias=False), feature_dim, act_func)))
 
         dw_groups = feature_dim if groups is None else min_divisible_value(feature_dim, groups)
         depth_ops = _conv_bn_act(
-            FastConv2d(feature_dim, feature_dim, kernel_size, stride, get_same_padding(kernel_size),
+            nn.Conv2d(feature_dim, feature_dim, kernel_size, stride, get_same_padding(kernel_size),
                       groups=dw_groups, bias=False), feature_dim, act_func)
         if use_se:
             depth_ops.append(("se", SEModule(feature_dim)))
         self.depth_conv = nn.Sequential(OrderedDict(depth_ops))
 
         self.point_linear = nn.Sequential(OrderedDict(_conv_bn_act(
-            FastConv2d(feature_dim, out_channels, 1, 1, 0, bias=False), out_channels, with_act=False)))
+            nn.Conv2d(feature_dim, out_channels, 1, 1, 0, bias=False), out_channels, with_act=False)))
 
     def forward(self, x):
         if self.inverted_bottleneck is not None:
             x = _seq_forward(self.inverted_bottleneck, x)
-        return self.point_linear(_seq_forward(self.depth_conv, x))
+        return _seq_forward(self.point_linear, _seq_forward(self.depth_conv, x))
 
     @property
     def module_str(self):
@@ -671,31 +686,32 @@ class ResNetBottleneckBlock(MyModule):
                              f"{groups}")
 
         self.conv1 = nn.Sequential(OrderedDict(_conv_bn_act(
-            FastConv2d(in_channels, feature_dim, 1, 1, 0, bias=False), feature_dim, act_func)))
+            nn.Conv2d(in_channels, feature_dim, 1, 1, 0, bias=False), feature_dim, act_func)))
         self.conv2 = nn.Sequential(OrderedDict(_conv_bn_act(
-            FastConv2d(feature_dim, feature_dim, kernel_size, stride, get_same_padding(kernel_size),
+            nn.Conv2d(feature_dim, feature_dim, kernel_size, stride, get_same_padding(kernel_size),
                       groups=groups, bias=False), feature_dim, act_func)))
         self.conv3 = nn.Sequential(OrderedDict(_conv_bn_act(
-            FastConv2d(feature_dim, out_channels, 1, 1, 0, bias=False), out_channels, with_act=False)))
+            nn.Conv2d(feature_dim, out_channels, 1, 1, 0, bias=False), out_channels, with_act=False)))
 
         if stride == 1 and in_channels == out_channels:
             self.downsample = IdentityLayer(in_channels, out_channels)
         elif downsample_mode == "conv":
             self.downsample = nn.Sequential(OrderedDict(_conv_bn_act(
-                FastConv2d(in_channels, out_channels, 1, stride, 0, bias=False), out_channels,
+                nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False), out_channels,
                 with_act=False)))
         else:
             self.downsample = nn.Sequential(OrderedDict(
                 [("avg_pool", nn.AvgPool2d(kernel_size=stride, stride=stride, padding=0,
                                            ceil_mode=True))]
-                + _conv_bn_act(FastConv2d(in_channels, out_channels, 1, 1, 0, bias=False),
+                + _conv_bn_act(nn.Conv2d(in_channels, out_channels, 1, 1, 0, bias=False),
                                out_channels, with_act=False)))
 
         self.final_act = build_activation(act_func, inplace=True)
 
     def forward(self, x):
-        residual = self.downsample(x)
-        x = self.conv3(_seq_forward(self.conv2, _seq_forward(self.conv1, x)))
+        residual = (_seq_forward(self.downsample, x) if isinstance(self.downsample, nn.Sequential)
+                    else self.downsample(x))
+        x = _seq_forward(self.conv3, _seq_forward(self.conv2, _seq_forward(self.conv1, x)))
         x = x + residual
         return self.final_act(x) if self.final_act is not None else x
 
