@@ -58,7 +58,11 @@ def run(fn, x, bn, g):
 @pytest.mark.parametrize("shape,C_max", [((3, 10, 9, 8), 16), ((5, 16, 8, 8), 16), ((1, 7, 9, 8), 7),
                                          # planes under 64 pixels (NCHW: walked as rows)
                                          ((6, 12, 3, 3), 20), ((4, 9, 7, 7), 9), ((9, 5, 1, 2), 8),
-                                         ((1, 6, 5, 5), 6)])
+                                         ((1, 6, 5, 5), 6),
+                                         # NCHW backward: planes of 256+ pixels, both passes
+                                         # per channel; channels of over 2**16 values (and
+                                         # smaller planes): two passes over the whole tensor
+                                         ((3, 6, 17, 16), 8), ((2, 3, 190, 180), 4)])
 def test_matches_batch_norm_then_activation(act, dtype, cl, train, shape, C_max):
     x = torch.randn(shape, dtype=dtype) * 2 + 0.5
     if cl:
@@ -120,6 +124,25 @@ def test_gradcheck_and_opcheck(train, cl):
                           (x.float().detach().requires_grad_(), w.float().detach().requires_grad_(),
                            b.float().detach().requires_grad_(), rm.float(), rv.float(), train, 1e-5,
                            "h_swish"))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 17, 16), (3, 5, 9, 8), (2, 3, 190, 180)],
+                         ids=["per-channel", "two-pass-small-planes", "two-pass-big-channels"])
+@pytest.mark.parametrize("train", [True, False])
+def test_backward_output_mask(shape, train):
+    # each gradient comes out the same whichever others are asked for
+    x, g = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    w, b = torch.rand(5, dtype=torch.float64)[:shape[1]] + 0.5, torch.randn(shape[1], dtype=torch.float64)
+    mean, invstd = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False).add(1e-5).rsqrt()
+    args = (g, x, w, b, mean, invstd, train, "h_swish")
+    full = torch.ops.ofa_fast.batch_norm_act_backward(*args, [True, True, True])
+    for mask in ([True, False, False], [False, True, True], [False, False, True]):
+        part = torch.ops.ofa_fast.batch_norm_act_backward(*args, mask)
+        for want, a, e in zip(mask, part, full):
+            if want:
+                torch.testing.assert_close(a, e, rtol=0, atol=0)
+            else:
+                assert a.numel() == 0
 
 
 def test_not_applicable_returns_none():

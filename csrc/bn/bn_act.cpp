@@ -156,6 +156,75 @@ OFA_INLINE void fwd_range(const BnArgs<T>& a, bool rows, int64_t b, int64_t e) {
   }
 }
 
+// NCHW: the sums of dz and of dz * (x - mean) over channel c's N planes
+template <Act A, typename T>
+OFA_INLINE void channel_sums(const BnArgs<T>& a, int64_t c, T& sum_dz, T& sum_dzx) {
+  constexpr int L = kLanes<T>;
+  const int64_t C = a.C, P = a.P;
+  const T k = a.scale[c], s = a.shift[c], m = a.mean[c];
+  T a1[L] = {}, a2[L] = {};
+  T t1 = 0, t2 = 0;
+  for (int64_t n = 0; n < a.N; ++n) {
+    const T* gp = a.g + (n * C + c) * P;
+    const T* xp = a.x + (n * C + c) * P;
+    int64_t i = 0;
+    for (; i + L <= P; i += L) {
+      for (int j = 0; j < L; ++j) {
+        const T xv = xp[i + j];
+        const T dz = gp[i + j] * act_grad<A>(xv * k + s);
+        a1[j] += dz;
+        a2[j] += dz * (xv - m);
+      }
+    }
+    for (; i < P; ++i) {
+      const T dz = gp[i] * act_grad<A>(xp[i] * k + s);
+      t1 += dz;
+      t2 += dz * (xp[i] - m);
+    }
+  }
+  for (int j = 0; j < L; ++j) {
+    t1 += a1[j];
+    t2 += a2[j];
+  }
+  sum_dz = t1;
+  sum_dzx = t2;
+}
+
+// grad_x of NCHW plane q (image q / C, channel q % C), given the channel's k1..k3
+template <Act A, typename T>
+OFA_INLINE void plane_grad(const BnArgs<T>& a, int64_t q, T a1, T a2, T a3) {
+  const int64_t c = q % a.C, P = a.P;
+  const T k = a.scale[c], s = a.shift[c], m = a.mean[c];
+  const T* gp = a.g + q * P;
+  const T* xp = a.x + q * P;
+  T* out = a.out + q * P;
+  for (int64_t i = 0; i < P; ++i) {
+    const T dz = gp[i] * act_grad<A>(xp[i] * k + s);
+    out[i] = dz * a1 - (xp[i] - m) * a2 - a3;
+  }
+}
+
+// NCHW, both passes of each channel of [b, e) back to back: its N planes of x and
+// grad_output are read again from the L2 cache, not from memory. w_invstd = weight *
+// invstd; m: the values per channel (N * P), 0 in eval mode (fixed statistics). The
+// same arithmetic as the two-pass path (sums_range, then the k's, then bwd_range).
+template <Act A, typename T>
+OFA_INLINE void fused_bwd_range(const BnArgs<T>& a, const T* w_invstd, const T* invstd, T m,
+                                T* sum_dz, T* sum_dz_xhat, int64_t b, int64_t e) {
+  for (int64_t c = b; c < e; ++c) {
+    T s1, s2;
+    channel_sums<A, T>(a, c, s1, s2);
+    const T sxh = s2 * invstd[c];
+    sum_dz[c] = s1;
+    sum_dz_xhat[c] = sxh;
+    if (a.out == nullptr) continue;
+    const T k1 = w_invstd[c];
+    const T k2 = m > T(0) ? k1 * invstd[c] * sxh / m : T(0);
+    const T k3 = m > T(0) ? k1 * s1 / m : T(0);
+    for (int64_t n = 0; n < a.N; ++n) plane_grad<A, T>(a, n * a.C + c, k1, k2, k3);
+  }
+}
+
 // z = x * scale + shift (the pre-activation), dz = g * act'(z): sums of dz and of
 // dz * (x - mean) per channel (NCHW: channels [b, e); rows: parts [b, e) into acc)
 template <Act A, typename T>
@@ -179,41 +248,12 @@ OFA_INLINE void sums_range(const BnArgs<T>& a, bool rows, T* sum_dz, T* sum_dzx,
     }
     return;
   }
-  constexpr int L = kLanes<T>;
-  for (int64_t c = b; c < e; ++c) {
-    const T k = a.scale[c], s = a.shift[c], m = a.mean[c];
-    T a1[L] = {}, a2[L] = {};
-    T t1 = 0, t2 = 0;
-    for (int64_t n = 0; n < a.N; ++n) {
-      const T* gp = a.g + (n * C + c) * P;
-      const T* xp = a.x + (n * C + c) * P;
-      int64_t i = 0;
-      for (; i + L <= P; i += L) {
-        for (int j = 0; j < L; ++j) {
-          const T xv = xp[i + j];
-          const T dz = gp[i + j] * act_grad<A>(xv * k + s);
-          a1[j] += dz;
-          a2[j] += dz * (xv - m);
-        }
-      }
-      for (; i < P; ++i) {
-        const T dz = gp[i] * act_grad<A>(xp[i] * k + s);
-        t1 += dz;
-        t2 += dz * (xp[i] - m);
-      }
-    }
-    for (int j = 0; j < L; ++j) {
-      t1 += a1[j];
-      t2 += a2[j];
-    }
-    sum_dz[c] = t1;
-    sum_dzx[c] = t2;
-  }
+  for (int64_t c = b; c < e; ++c) channel_sums<A, T>(a, c, sum_dz[c], sum_dzx[c]);
 }
 
 template <Act A, typename T>
 OFA_INLINE void bwd_range(const BnArgs<T>& a, bool rows, int64_t b, int64_t e) {
-  const int64_t C = a.C, P = a.P;
+  const int64_t C = a.C;
   if (rows) {
     for (int64_t r = b; r < e; ++r) {
       const T* gr = a.g + r * C;
@@ -228,14 +268,7 @@ OFA_INLINE void bwd_range(const BnArgs<T>& a, bool rows, int64_t b, int64_t e) {
   }
   for (int64_t q = b; q < e; ++q) {
     const int64_t c = q % C;
-    const T k = a.scale[c], s = a.shift[c], m = a.mean[c], a1 = a.k1[c], a2 = a.k2[c], a3 = a.k3[c];
-    const T* gp = a.g + q * P;
-    const T* xp = a.x + q * P;
-    T* out = a.out + q * P;
-    for (int64_t i = 0; i < P; ++i) {
-      const T dz = gp[i] * act_grad<A>(xp[i] * k + s);
-      out[i] = dz * a1 - (xp[i] - m) * a2 - a3;
-    }
+    plane_grad<A, T>(a, q, a.k1[c], a.k2[c], a.k3[c]);
   }
 }
 
@@ -264,10 +297,23 @@ OFA_INLINE void bwd_range(const BnArgs<T>& a, bool rows, int64_t b, int64_t e) {
   }                                                                                             \
   OFA_CPU_MULTIVERSION void bwd_mv(const BnArgs<T>& a, Act act, bool rows, int64_t b, int64_t e) { \
     OFA_BN_ACT_SWITCH(act, (bwd_range<A, T>(a, rows, b, e)))                                    \
+  }                                                                                             \
+  OFA_CPU_MULTIVERSION void fused_bwd_mv(const BnArgs<T>& a, Act act, const T* w_invstd,       \
+                                         const T* invstd, T m, T* s1, T* s2, int64_t b,        \
+                                         int64_t e) {                                          \
+    OFA_BN_ACT_SWITCH(act, (fused_bwd_range<A, T>(a, w_invstd, invstd, m, s1, s2, b, e)))       \
   }
 
 OFA_BN_ENTRY_POINTS(float)
 OFA_BN_ENTRY_POINTS(double)
+
+// NCHW backward in one pass per channel (fused_bwd_range) when a channel's x and
+// grad_output (2 * N * P values) stay in the L2 cache between its two passes, and its
+// planes are long enough for the hardware prefetcher (short planes far apart: the
+// two-pass path, whose second pass streams the tensor in order, was 1.9x faster at
+// 12 x 12; the fused one 1.2x faster at 24 x 24 and 1.3x at 32 x 32, batch 64 / 16).
+constexpr int64_t kFusedChannelValues = int64_t{1} << 16;
+constexpr int64_t kFusedMinPlane = 256;
 
 // The pointers of an op call (undefined tensors -> nullptr) and its sizes.
 template <typename T>
@@ -508,6 +554,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward(
   const at::Tensor scale = cols(scale_c), shift = cols(shift_c);
   const at::Tensor m = cols(mean.contiguous()), is = invstd.contiguous();
   at::Tensor sum_dz = at::zeros({C}, x.options()), sum_dz_xhat = at::zeros({C}, x.options());
+  if (!rows && P >= kFusedMinPlane && N * P <= kFusedChannelValues) {
+    // one pass per channel (both reductions and grad_x) while its planes are in cache
+    at::Tensor gx = output_mask[0] ? at::empty(x.sizes(), x.options().memory_format(fmt))
+                                   : input.new_empty({0});
+    const at::Tensor w_invstd = weight.has_value() ? (*weight * is).contiguous() : is;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_backward_fused", [&] {
+      const auto args = args_of<scalar_t>(x, g, output_mask[0] ? gx : at::Tensor(), scale, shift, m);
+      const scalar_t values = training ? scalar_t(N * P) : scalar_t(0);
+      at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
+        fused_bwd_mv(args, a, w_invstd.const_data_ptr<scalar_t>(), is.const_data_ptr<scalar_t>(),
+                     values, sum_dz.data_ptr<scalar_t>(), sum_dz_xhat.data_ptr<scalar_t>(), b, e);
+      });
+    });
+    return {gx, output_mask[1] ? sum_dz_xhat : input.new_empty({0}),
+            output_mask[2] ? sum_dz : input.new_empty({0})};
+  }
   if (N * P > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_act_sums", [&] {
       const auto args = args_of<scalar_t>(x, g, {}, scale, shift, m);
