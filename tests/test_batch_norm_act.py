@@ -84,13 +84,14 @@ def test_matches_batch_norm_then_activation(act, dtype, cl, train, shape, C_max)
         assert_close(a.double(), b.double(), dtype, n)
 
 
+@pytest.mark.parametrize("size", [8, 16], ids=["two-pass", "per-channel"])
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_running_statistics_updated_in_place(momentum):
+def test_running_statistics_updated_in_place(momentum, size):
     ours, theirs = make_bn(12, momentum), make_bn(12, momentum)
     theirs.load_state_dict(ours.state_dict())
     mean = ours.running_mean
     for step in range(3):
-        x = torch.randn(4, 8, 8, 8, dtype=torch.float64) + step
+        x = torch.randn(4, 8, size, size, dtype=torch.float64) + step
         batch_norm_act(x, ours, "relu")
         reference(x, theirs, "relu")
     assert ours.running_mean is mean
