@@ -4,7 +4,11 @@ the module itself for everything else. Against calling the module: outputs, ever
 gradient and the output's memory format, for each route; the route taken; the fallbacks
 (other convs, bias on a depthwise conv, other padding modes, unbatched or mismatched
 input, hooks, subclasses, tracing for deployment); the static layers use it, and OFA's
-MAC counter (forward hooks) still sees every conv."""
+MAC counter (forward hooks) still sees every conv. A BN and the activation after it run
+as one op (ops.batch_norm_act) unless fusion is off or the BN has an instance forward
+(BN recalibration measures through one)."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -48,7 +52,7 @@ def forward_backward(call, module, x):
 def routes(monkeypatch):
     """Counts the ofa_fast ops the static layers call."""
     calls = []
-    for name in ("dwconv2d", "pointwise_conv2d"):
+    for name in ("dwconv2d", "pointwise_conv2d", "pointwise_conv2d_act"):
         original = getattr(ofa_fast.ops, name)
 
         def counted(*args, _original=original, _name=name, **kwargs):
@@ -131,12 +135,13 @@ def test_hooks_run(where, routes):
             torch.testing.assert_close(layer(x), expected)
     finally:
         handle.remove()
+    # (eval, no_grad: the 1x1 convs fold their BN into one GEMM with the activation)
     if where == "conv":  # that conv is called as a module; the others are not
-        assert seen == ["Conv2d"] and sorted(routes) == ["pointwise_conv2d"] * 2
+        assert seen == ["Conv2d"] and sorted(routes) == ["pointwise_conv2d_act"] * 2
     elif where == "global":  # every module is called as a module
         assert seen.count("Conv2d") == 3 and routes == []
     else:  # point_linear is called as a module, so its conv is too
-        assert seen == ["Sequential"] and routes == ["pointwise_conv2d", "dwconv2d"]
+        assert seen == ["Sequential"] and routes == ["pointwise_conv2d_act", "dwconv2d"]
 
 
 def test_static_layers_route_their_convs(routes):
@@ -177,3 +182,76 @@ def test_tracing_keeps_aten_convolution(routes):
     program = torch.export.export(layer, (x,))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert "aten.conv2d.default" in targets and not any("ofa_fast" in t for t in targets)
+
+
+@pytest.fixture
+def bn_calls(monkeypatch):
+    calls = []
+    original = ofa_fast.ops.batch_norm_act
+
+    def counted(x, bn, activation):
+        calls.append(activation)
+        return original(x, bn, activation)
+    monkeypatch.setattr(ofa_fast.ops, "batch_norm_act", counted)
+    return calls
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_bn_and_activation_run_as_one_op(train, bn_calls):
+    x = torch.randn(3, 8, 10, 10, dtype=torch.float64)
+    layer = L.MBConvLayer(8, 16, 3, 1, expand_ratio=3, act_func="h_swish", use_se=True).double()
+    unfused = copy.deepcopy(layer)
+    y, gx, grads = forward_backward(lambda m, v: m(v), layer.train(train), x)
+    # expand and depthwise: BN + h_swish each; the projection's BN has no activation
+    assert bn_calls == ["h_swish", "h_swish"]
+    bn_calls.clear()
+    with ofa_fast.nn.fusion(False):
+        y_ref, gx_ref, grads_ref = forward_backward(lambda m, v: m(v), unfused.train(train), x)
+    assert bn_calls == []
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(gx, gx_ref)
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], msg=name)
+    for (name, a), (_, b) in zip(layer.named_buffers(), unfused.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)  # running statistics updated alike
+
+
+def test_instance_forward_of_a_bn_runs(bn_calls):
+    # OFA's set_running_statistics (and ofa_fast.recalibrate) measure batch statistics
+    # through an instance-level BN forward: it must run, not the fused op
+    layer = L.ConvLayer(8, 16, 1, act_func="relu6").double().eval()
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    seen = []
+    bn = layer.bn
+
+    def measuring(v):
+        seen.append(v.shape)
+        return nn.BatchNorm2d.forward(bn, v)
+    bn.forward = measuring
+    with torch.no_grad():
+        layer(x)
+    assert seen == [(2, 16, 5, 5)] and bn_calls == []
+
+
+@pytest.mark.parametrize("act_func", ["relu", "relu6", "h_swish", None])
+def test_inference_folds_bn_into_1x1_convs(act_func, routes, bn_calls):
+    torch.manual_seed(0)
+    layer = L.ConvLayer(8, 16, 1, bias=True, act_func=act_func).double().eval()
+    with torch.no_grad():  # statistics and affine parameters away from the defaults
+        layer.bn.running_mean.uniform_(-1, 1)
+        layer.bn.running_var.uniform_(0.5, 2)
+        layer.bn.weight.uniform_(0.5, 1.5)
+        layer.bn.bias.uniform_(-1, 1)
+    x = torch.randn(3, 8, 6, 7, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x)
+        assert routes == ["pointwise_conv2d_act"] and bn_calls == []
+        routes.clear()
+        with ofa_fast.nn.fusion(False):
+            y_ref = layer(x)
+    assert routes == ["pointwise_conv2d"] and bn_calls == []
+    torch.testing.assert_close(y, y_ref)
+    # tracking gradients (or train mode): no fold
+    routes.clear()
+    layer(x.requires_grad_())
+    assert routes == ["pointwise_conv2d"]

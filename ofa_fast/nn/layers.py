@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops as _ops
+from .fused import _ACT_KIND, _act_, _foldable_bn, fusion_enabled
 from .utils import (
     MyModule,
     MyNetwork,
@@ -44,13 +45,15 @@ def _exporting():
 
 
 def _hooked(module):
-    """True if calling `module` runs more than its forward: hooks of its own or global ones
-    (OFA's count_net_flops counts through forward hooks), or a compiled call."""
+    """True if calling `module` runs more than its class's forward: hooks of its own or
+    global ones (OFA's count_net_flops counts through forward hooks), an instance-level
+    forward (OFA's and ofa_fast's BN recalibration measure through one), or a compiled
+    call."""
     g = nn.modules.module
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks or g._global_forward_hooks
                 or g._global_forward_pre_hooks or g._global_backward_hooks
-                or g._global_backward_pre_hooks
+                or g._global_backward_pre_hooks or "forward" in module.__dict__
                 or getattr(module, "_compiled_call_impl", None) is not None)
 
 
@@ -87,6 +90,75 @@ def conv_route(conv, x):
             and conv.bias is None and conv.groups == conv.in_channels == conv.out_channels):
         return "depthwise"
     return None
+
+
+def _bn_act(bn, act, x):
+    """act(bn(x)) as one op (ops.batch_norm_act: train and eval, running statistics
+    updated as nn.BatchNorm2d does) for a plain nn.BatchNorm2d followed by a ReLU, ReLU6
+    or Hswish module, neither with hooks nor an instance forward, fusion on (the
+    ofa_fast.nn.fusion switch); None where that does not apply."""
+    kind = _ACT_KIND.get(type(act))
+    if (kind is None or type(bn) is not nn.BatchNorm2d or not fusion_enabled() or _exporting()
+            or _hooked(bn) or _hooked(act) or not isinstance(x, torch.Tensor) or x.dim() != 4
+            or x.size(1) != bn.num_features):
+        return None
+    return _ops.batch_norm_act(x, bn, kind)
+
+
+def _folded_pointwise(conv, bn, act, x):
+    """Inference (eval-mode BN, nothing tracking gradients): act(bn(conv(x))) for a 1x1
+    conv that conv_route takes, as one GEMM with the BN folded into the weight (computed
+    data, [out, in]) and the activation applied to each output block in cache
+    (ops.pointwise_conv2d_act); act None or a ReLU / ReLU6 / Hswish module. None where
+    that does not apply."""
+    kind = "none" if act is None else _ACT_KIND.get(type(act))
+    if (kind is None or type(bn) is not nn.BatchNorm2d or not _foldable_bn(bn)
+            or not fusion_enabled() or _hooked(bn) or (act is not None and _hooked(act))
+            or bn.num_features != conv.out_channels or conv_route(conv, x) != "pointwise"):
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(
+            p is not None and p.requires_grad for p in (conv.weight, conv.bias, bn.weight, bn.bias))):
+        return None
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    folded = conv.weight * scale.view(-1, 1, 1, 1)
+    y = _ops.pointwise_conv2d_act(x, folded, shift, conv.out_channels, conv.stride[0], kind,
+                                  op="nn.Conv2d")
+    if y is None:  # no such op on this backend: the GEMM, then the activation
+        y = _ops.pointwise_conv2d(x, folded, shift, conv.out_channels, conv.stride[0],
+                                  op="nn.Conv2d")
+        y = _act_(act, y)
+    return y
+
+
+def _run(modules, x):
+    """The modules in order (None skipped): in inference a 1x1 conv, its BN and the
+    activation after them as _folded_pointwise runs them; convs as _call runs them; a BN
+    and the activation after it as _bn_act runs them; anything else called as a module."""
+    modules = [m for m in modules if m is not None]
+    i = 0
+    while i < len(modules):
+        if (i + 1 < len(modules) and type(modules[i]) is nn.Conv2d
+                and type(modules[i + 1]) is nn.BatchNorm2d and not modules[i + 1].training):
+            act = modules[i + 2] if i + 2 < len(modules) and type(modules[i + 2]) in _ACT_KIND \
+                else None
+            y = _folded_pointwise(modules[i], modules[i + 1], act, x)
+            if y is not None:
+                x, i = y, i + (2 if act is None else 3)
+                continue
+        if i + 1 < len(modules) and type(modules[i]) is nn.BatchNorm2d:
+            y = _bn_act(modules[i], modules[i + 1], x)
+            if y is not None:
+                x, i = y, i + 2
+                continue
+        x, i = _call(modules[i], x), i + 1
+    return x
 
 
 def _call(module, x):
@@ -201,9 +273,7 @@ class _OrderedOpsMixin:
                 self.add_module(name, module)
 
     def forward(self, x):
-        for module in self._modules.values():
-            x = _call(module, x)
-        return x
+        return _run(self._modules.values(), x)
 
 
 class My2DLayer(_OrderedOpsMixin, MyModule):
@@ -485,14 +555,9 @@ class ZeroLayer(MyModule):
 
 
 def _seq_forward(seq, x):
-    """nn.Sequential's forward, skipping an activation that is None (act_func=None); its
-    convs run as _call runs them. A Sequential with hooks is called as a module."""
-    if _hooked(seq):
-        return seq(x)
-    for module in seq:
-        if module is not None:
-            x = _call(module, x)
-    return x
+    """nn.Sequential's forward, skipping an activation that is None (act_func=None), its
+    modules run as _run runs them. A Sequential with hooks is called as a module."""
+    return seq(x) if _hooked(seq) else _run(seq, x)
 
 
 def _conv_bn_act(conv, channels, act_func=None, with_act=True):
