@@ -30,7 +30,7 @@ ofa_networks = pytest.importorskip(
 NETS = ["flops-595M_top1-80.0_finetune-75", "note10_lat-8ms_top1-71.4_finetune-25",
         "cpu_lat-11ms_top1-72.0_finetune-25"]
 BATCH, CLASSES = 8, 1000
-ROUNDS, WARMUP = 5, 1
+ROUNDS, WARMUP = 5, 2
 IMPLS = ["ofa_fast", "ofa", "ofa_fast_patched"]
 
 _NETS = {}  # the current net's three models and image size (one net held at a time)
