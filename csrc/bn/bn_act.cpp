@@ -90,33 +90,29 @@ struct BnArgs {
 };
 
 // NCHW statistics of channels [b, e): mean, then the centred sum of squares
-template <typename T>
-OFA_INLINE void channel_stats(const BnArgs<T>& a, int64_t c, T& mean, T& var) {
+// The sum of f(x) over channel c's N NCHW planes, one accumulator per lane.
+template <typename T, typename F>
+OFA_INLINE T channel_sum(const BnArgs<T>& a, int64_t c, F f) {
   constexpr int L = kLanes<T>;
-  const T M = T(a.N * a.P);
   T acc[L] = {};
   T tail = 0;
   for (int64_t n = 0; n < a.N; ++n) {
     const T* xp = a.x + (n * a.C + c) * a.P;
     int64_t i = 0;
     for (; i + L <= a.P; i += L)
-      for (int j = 0; j < L; ++j) acc[j] += xp[i + j];
-    for (; i < a.P; ++i) tail += xp[i];
+      for (int j = 0; j < L; ++j) acc[j] += f(xp[i + j]);
+    for (; i < a.P; ++i) tail += f(xp[i]);
   }
   for (int j = 0; j < L; ++j) tail += acc[j];
-  const T m = tail / M;
-  T acc2[L] = {};
-  T tail2 = 0;
-  for (int64_t n = 0; n < a.N; ++n) {
-    const T* xp = a.x + (n * a.C + c) * a.P;
-    int64_t i = 0;
-    for (; i + L <= a.P; i += L)
-      for (int j = 0; j < L; ++j) acc2[j] += (xp[i + j] - m) * (xp[i + j] - m);
-    for (; i < a.P; ++i) tail2 += (xp[i] - m) * (xp[i] - m);
-  }
-  for (int j = 0; j < L; ++j) tail2 += acc2[j];
+  return tail;
+}
+
+template <typename T>
+OFA_INLINE void channel_stats(const BnArgs<T>& a, int64_t c, T& mean, T& var) {
+  const T M = T(a.N * a.P);
+  const T m = channel_sum(a, c, [](T v) { return v; }) / M;
   mean = m;
-  var = tail2 / M;
+  var = channel_sum(a, c, [m](T v) { return (v - m) * (v - m); }) / M;
 }
 
 template <typename T>

@@ -87,23 +87,26 @@ def _fold(conv, inner, n, in_channels):
     an elementwise op on it would guard on it)."""
     if is_symbolic(n):
         return _fold_full(conv, inner)
-    scale = inner.running_var[:n].add(inner.eps).rsqrt()
-    if inner.weight is not None:
-        scale = scale * inner.weight[:n]
-    shift = -inner.running_mean[:n] * scale
-    if inner.bias is not None:
-        shift = shift + inner.bias[:n]
+    scale, shift = bn_affine(inner, n)
     return conv.conv.weight[:n, :in_channels] * scale.view(n, 1, 1, 1), shift  # computed
 
 
 def _fold_full(conv, inner):
-    scale = inner.running_var.add(inner.eps).rsqrt()
-    if inner.weight is not None:
-        scale = scale * inner.weight
-    shift = -inner.running_mean * scale
-    if inner.bias is not None:
-        shift = shift + inner.bias
+    scale, shift = bn_affine(inner)
     return conv.conv.weight * scale.view(-1, 1, 1, 1), shift
+
+
+def bn_affine(bn, n=None):
+    """(scale, shift) of the eval-mode nn.BatchNorm2d `bn` over its first n channels (all
+    for None): bn(v) = v * scale + shift, per channel."""
+    part = slice(None) if n is None else slice(None, n)
+    scale = bn.running_var[part].add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight[part]
+    shift = -bn.running_mean[part] * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias[part]
+    return scale, shift
 
 
 def conv_bn_act(conv, bn, act, x, out_channels):

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops as _ops
-from .fused import _ACT_KIND, _act_, _foldable_bn, fusion_enabled
+from .fused import _ACT_KIND, _act_, _foldable_bn, bn_affine, fusion_enabled
 from .utils import (
     MyModule,
     MyNetwork,
@@ -119,12 +119,7 @@ def _folded_pointwise(conv, bn, act, x):
     if torch.is_grad_enabled() and (x.requires_grad or any(
             p is not None and p.requires_grad for p in (conv.weight, conv.bias, bn.weight, bn.bias))):
         return None
-    scale = bn.running_var.add(bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
+    scale, shift = bn_affine(bn)
     if conv.bias is not None:
         shift = shift + conv.bias * scale
     folded = conv.weight * scale.view(-1, 1, 1, 1)
