@@ -40,7 +40,8 @@ __all__ = [
 def _exporting():
     """True while the module is traced for deployment (torch.export, ONNX, TorchScript):
     the graph then holds PyTorch's own convolution, which every runtime knows."""
-    return (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # (not in every PyTorch)
+    return ((is_exporting is not None and is_exporting()) or torch.onnx.is_in_onnx_export()
             or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
