@@ -114,8 +114,8 @@ bool rows_layout(const at::Tensor& x, at::MemoryFormat fmt) {
 constexpr int64_t kSmallImagePixels = 16;
 
 // Outputs per image below which the NCHW GEMMs run as one batched GEMM (one call, the
-// weight shared by every image: a stride-0 batch) rather than one call per image; above it the per-image
-// GEMMs run the bias / activation epilogue while the image is in cache.
+// weight shared by every image: a stride-0 batch) rather than one call per image; above
+// it the per-image GEMMs run the bias / activation epilogue while the image is in cache.
 constexpr int64_t kBlock = int64_t{1} << 16;
 
 bool batched_nchw(int64_t channels, int64_t pixels) { return channels * pixels < kBlock; }
@@ -270,21 +270,21 @@ at::Tensor pointwise_forward(const at::Tensor& input, const at::Tensor& weight,
   }
   // NCHW: the GEMMs, then bias + activation in one pass (per image while it is in cache
   // when images are big)
-  const bool per_image = !batched_nchw(out_channels, H * W);
-  if (!per_image) {
+  const bool epilogue = bias.has_value() || activation != "none";
+  if (batched_nchw(out_channels, H * W)) {
     at::Tensor y3 = images_of(y);
     at::bmm_out(y3, w.unsqueeze(0).expand({N, out_channels, C}), images_of(x));
+    if (epilogue) bias_act_(y, bias, out_channels, activation);
+    return y;
   }
-  for (int64_t n = 0; per_image && n < N; ++n) {
+  for (int64_t n = 0; n < N; ++n) {
     at::Tensor yn = image_of(y, n);
     at::mm_out(yn, w, image_of(x, n));
-    if (per_image && (bias.has_value() || activation != "none")) {
+    if (epilogue) {
       at::Tensor y4 = y.narrow(0, n, 1);
       bias_act_(y4, bias, out_channels, activation);
     }
   }
-  if (!per_image && (bias.has_value() || activation != "none"))
-    bias_act_(y, bias, out_channels, activation);
   return y;
 }
 
