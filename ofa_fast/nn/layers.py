@@ -108,14 +108,14 @@ def _bn_act(bn, act, x):
 
 def _folded_pointwise(conv, bn, act, x):
     """Inference (eval-mode BN, nothing tracking gradients): act(bn(conv(x))) for a 1x1
-    conv that conv_route takes, as one GEMM with the BN folded into the weight (computed
-    data, [out, in]) and the activation applied to each output block in cache
-    (ops.pointwise_conv2d_act); act None or a ReLU / ReLU6 / Hswish module. None where
-    that does not apply."""
+    conv that conv_route takes (the caller checked), as one GEMM with the BN folded into
+    the weight (computed data, [out, in]) and the activation applied to each output block
+    in cache (ops.pointwise_conv2d_act); act None or a ReLU / ReLU6 / Hswish module. None
+    where that does not apply."""
     kind = "none" if act is None else _ACT_KIND.get(type(act))
     if (kind is None or type(bn) is not nn.BatchNorm2d or not _foldable_bn(bn)
             or not fusion_enabled() or _hooked(bn) or (act is not None and _hooked(act))
-            or bn.num_features != conv.out_channels or conv_route(conv, x) != "pointwise"):
+            or bn.num_features != conv.out_channels):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or any(
             p is not None and p.requires_grad for p in (conv.weight, conv.bias, bn.weight, bn.bias))):
@@ -140,26 +140,32 @@ def _run(modules, x):
     modules = [m for m in modules if m is not None]
     i = 0
     while i < len(modules):
-        if (i + 1 < len(modules) and type(modules[i]) is nn.Conv2d
+        module = modules[i]
+        route = conv_route(module, x) if type(module) is nn.Conv2d else None
+        if (route == "pointwise" and i + 1 < len(modules)
                 and type(modules[i + 1]) is nn.BatchNorm2d and not modules[i + 1].training):
             act = modules[i + 2] if i + 2 < len(modules) and type(modules[i + 2]) in _ACT_KIND \
                 else None
-            y = _folded_pointwise(modules[i], modules[i + 1], act, x)
+            y = _folded_pointwise(module, modules[i + 1], act, x)
             if y is not None:
                 x, i = y, i + (2 if act is None else 3)
                 continue
-        if i + 1 < len(modules) and type(modules[i]) is nn.BatchNorm2d:
-            y = _bn_act(modules[i], modules[i + 1], x)
+        if i + 1 < len(modules) and type(module) is nn.BatchNorm2d:
+            y = _bn_act(module, modules[i + 1], x)
             if y is not None:
                 x, i = y, i + 2
                 continue
-        x, i = _call(modules[i], x), i + 1
+        x, i = _run_conv(module, x, route), i + 1
     return x
 
 
 def _call(module, x):
     """module(x); a plain nn.Conv2d that conv_route takes runs ofa_fast's op instead."""
-    route = conv_route(module, x) if type(module) is nn.Conv2d else None
+    return _run_conv(module, x, conv_route(module, x) if type(module) is nn.Conv2d else None)
+
+
+def _run_conv(module, x, route):
+    """module(x), or the ofa_fast op of conv_route's answer `route` for it."""
     if route == "pointwise":
         return _ops.pointwise_conv2d(x, module.weight, module.bias, module.out_channels,
                                      module.stride[0], op="nn.Conv2d")
