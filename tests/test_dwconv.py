@@ -7,8 +7,8 @@ import torch
 import ofa_fast
 from ofa_fast.ops import dwconv2d, dwconv2d_reference, elastic_dwconv2d
 
-from _helpers import (HAS_CUDA, NO_CUDA_REASON, NoWeightCopies, assert_close, backend_params, conv_cases,
-                      fmt_of, make_conv_inputs)
+from _helpers import (HAS_CUDA, NO_CUDA_REASON, ConvCase, NoWeightCopies, assert_close,
+                      backend_params, conv_cases, fmt_of, make_conv_inputs)
 
 CPU_CASES = conv_cases(full=True)
 SMALL_CASES = conv_cases(full=False)
@@ -318,3 +318,51 @@ def test_explicit_padding_and_large_kernels(backend, k, K, stride, dilation, pad
     assert_close(y, y_ref, torch.float64, "output")
     assert_close(got[0], want[0], torch.float64, "grad input")
     assert_close(got[1], want[1], torch.float64, "grad weight")
+
+
+# float32 channels_last with whole 16-channel blocks takes the in-place forward (no
+# tiles) at k = 3, at stride 2 and at k = 5 on wide rows; the rest, and a narrower last
+# block, the tiles. Every split of a row into blocks and borders, against the reference.
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 7), (8, 8), (16, 15), (24, 33), (33, 40)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 1), (7, 1), (3, 2), (5, 2), (7, 2)])
+@pytest.mark.parametrize("C", [16, 40])
+def test_cpu_channels_last_whole_blocks(C, k, stride, size):
+    case = ConvCase(2, C, C + 8, size[0], size[1], 7, k, stride, 1, True)
+    if not case.valid():
+        pytest.skip("no output at this size")
+    check_against_reference("cpu", torch.float32, "cpu", case)
+
+
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, 0), (3, 2, 4), (5, 2, 1), (5, 1, 9), (7, 2, 6)])
+@pytest.mark.parametrize("size", [(3, 4), (9, 26)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_cpu_channels_last_whole_blocks_any_padding(k, stride, padding, size):
+    x = torch.randn(2, 32, *size).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(32, 1, 7, 7, requires_grad=True)
+    if size[0] + 2 * padding < k or size[1] + 2 * padding < k:
+        pytest.skip("no output at this size")
+    with ofa_fast.use_backend("cpu"):
+        y = dwconv2d(x, w, k, stride, 1, padding)
+    y_ref = dwconv2d_reference(x.double(), w.double(), k, stride, 1, padding)
+    assert_close(y, y_ref, torch.float32, "output")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("k,stride", [(3, 1), (7, 1), (5, 2)])
+def test_cpu_padding_never_meets_nonfinite_input(k, stride, cl):
+    # the zero padding is zero times the filter: an inf or a nan in the image reaches
+    # only the outputs whose window covers it, never one through a padded tap
+    x = torch.randn(2, 32, 9, 10)
+    x[0, :, 0, 0] = float("inf")
+    x[1, :, 8, 9] = float("nan")
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(32, 1, 7, 7)
+    with ofa_fast.use_backend("cpu"):
+        y = dwconv2d(x, w, k, stride)
+    y_ref = dwconv2d_reference(x.double(), w.double(), k, stride, 1, k // 2)
+    assert torch.equal(y.isnan(), y_ref.isnan()) and torch.equal(y.isinf(), y_ref.isinf())
+    finite = y_ref.isfinite()
+    assert finite.sum() > y.numel() // 2
+    assert_close(y[finite], y_ref[finite], torch.float32, "finite outputs")

@@ -27,6 +27,16 @@
 #define OFA_CPU_MULTIVERSION
 #endif
 
+// Compile an entry point for AVX-512 alone (kernels too large to build three times);
+// call it only when ofa_fast::cpu::has_avx512() says the CPU runs it.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && \
+    !defined(OFA_FAST_NO_MULTIVERSION)
+#define OFA_CPU_AVX512 __attribute__((target("arch=x86-64-v4")))
+#define OFA_CPU_HAS_AVX512_TARGET 1
+#else
+#define OFA_CPU_HAS_AVX512_TARGET 0
+#endif
+
 namespace ofa_fast {
 namespace cpu {
 
@@ -103,6 +113,17 @@ struct Vec<T, W, false> {
     return s;
   }
 };
+
+// Whether this CPU runs OFA_CPU_AVX512 entry points (x86-64-v4's AVX-512 subsets).
+inline bool has_avx512() {
+#if OFA_CPU_HAS_AVX512_TARGET
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  return yes;
+#else
+  return false;
+#endif
+}
 
 // Elements in one 512-bit register: the natural block of the kernels.
 template <typename T>

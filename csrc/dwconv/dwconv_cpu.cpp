@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "dwconv.h"
@@ -50,6 +51,36 @@ using cpu::kLanes;
 OFA_DW_ENTRY_POINTS(float, f32)
 OFA_DW_ENTRY_POINTS(double, f64)
 #undef OFA_DW_ENTRY_POINTS
+
+// The channels_last forward in place (dw::direct_cl): float32 on AVX-512.
+#if OFA_CPU_HAS_AVX512_TARGET
+OFA_CPU_AVX512 void fwd_cl_direct_f32(const dw::Problem& P, const float* x, const dw::Layout& Lx,
+                                      const float* wp, float* y, const dw::Layout& Ly, int64_t grp,
+                                      int64_t b, int64_t e) {
+  dw::fwd_cl_direct<float>(P, x, Lx, wp, y, Ly, grp, b, e);
+}
+#endif
+
+// Whether the forward of this problem runs fwd_cl_direct_f32.
+template <typename T>
+bool use_cl_direct(const dw::Problem& P, const dw::Layout& Lx, const dw::Layout& Ly) {
+  return OFA_CPU_HAS_AVX512_TARGET && std::is_same_v<T, float> && cpu::has_avx512() &&
+         dw::direct_cl(P, Lx, Ly);
+}
+
+// The forward of units [b, e): in place when `direct` (use_cl_direct), else through tiles.
+void fwd_units(bool direct, const dw::Problem& P, const float* x, const dw::Layout& Lx,
+               const float* wp, float* y, const dw::Layout& Ly, int64_t grp, int64_t b, int64_t e) {
+#if OFA_CPU_HAS_AVX512_TARGET
+  if (direct) return fwd_cl_direct_f32(P, x, Lx, wp, y, Ly, grp, b, e);
+#endif
+  fwd(P, x, Lx, wp, y, Ly, grp, b, e);
+}
+void fwd_units(bool /*direct: never for float64*/, const dw::Problem& P, const double* x,
+               const dw::Layout& Lx, const double* wp, double* y, const dw::Layout& Ly, int64_t grp,
+               int64_t b, int64_t e) {
+  fwd(P, x, Lx, wp, y, Ly, grp, b, e);
+}
 
 // ---- glue -------------------------------------------------------------------
 
@@ -135,8 +166,11 @@ at::Tensor dwconv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const Units u = units_of(g, dw::channel_blocks<scalar_t>(g.C));
+    const bool direct = use_cl_direct<scalar_t>(P, Lx, Ly);
     at::parallel_for(0, u.count, grain(u.group * g.OH * g.OW * kLanes<scalar_t> * g.k * g.k),
-                     [&](int64_t b, int64_t e) { fwd(P, xp, Lx, wp.data(), yp, Ly, u.group, b, e); });
+                     [&](int64_t b, int64_t e) {
+                       fwd_units(direct, P, xp, Lx, wp.data(), yp, Ly, u.group, b, e);
+                     });
   });
   return y;
 }
