@@ -7,7 +7,8 @@
 //   sliced_linear(_backward), pointwise_conv2d(_backward)          csrc/sliced/
 //   channel_scale(_backward) (SE's x * s, fused backward)           csrc/se/
 //   batch_norm_act(_backward) (BN + activation, CPU)                csrc/bn/
-//   autograd (Autograd key) of dwconv2d, sliced_linear, pointwise_conv2d: csrc/autograd/
+//   autograd (Autograd key) of dwconv2d, kernel_transform, sliced_linear, pointwise_conv2d,
+//   channel_scale, batch_norm_act: csrc/autograd/
 #include <torch/library.h>
 
 #ifdef OFA_FAST_PYTHON_MODULE

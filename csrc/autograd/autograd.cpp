@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <vector>
 
 namespace ofa_fast {
 namespace {
@@ -109,6 +110,44 @@ struct DwconvFunction : public torch::autograd::Function<DwconvFunction> {
 at::Tensor dwconv2d_autograd(const at::Tensor& x, const at::Tensor& weight, int64_t k,
                              int64_t stride, int64_t dilation, int64_t padding) {
   return DwconvFunction::apply(x, weight, k, stride, dilation, padding);
+}
+
+// ---- kernel transform: (weight, matrices, ks_chain, channels) ------------------------
+
+using KtFwd = at::Tensor(const at::Tensor&, at::TensorList, at::IntArrayRef, int64_t);
+using KtBwd = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, at::TensorList,
+                                      at::IntArrayRef, int64_t);
+
+// Every matrix of the list is an input of its own: the gradient comes back as
+// [grad weight, grad of each matrix, (none for ks_chain), (none for channels)].
+struct KernelTransformFunction : public torch::autograd::Function<KernelTransformFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight,
+                            at::TensorList matrices, at::IntArrayRef ks_chain, int64_t channels) {
+    static const auto op = op_handle<KtFwd>("ofa_fast::kernel_transform");
+    ctx->saved_data["chain"] = ks_chain.vec();
+    ctx->saved_data["channels"] = channels;
+    std::vector<at::Tensor> saved{weight};
+    saved.insert(saved.end(), matrices.begin(), matrices.end());
+    ctx->save_for_backward(saved);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(weight, matrices, ks_chain, channels);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<KtBwd>("ofa_fast::kernel_transform_backward");
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<at::Tensor> matrices(saved.begin() + 1, saved.end());
+    variable_list out = op.call(grads[0].contiguous(), saved[0], matrices,
+                                ctx->saved_data["chain"].toIntVector(),
+                                ctx->saved_data["channels"].toInt());
+    out.resize(out.size() + 2);  // ks_chain, channels
+    return out;
+  }
+};
+
+at::Tensor kernel_transform_autograd(const at::Tensor& weight, at::TensorList matrices,
+                                     at::IntArrayRef ks_chain, int64_t channels) {
+  return KernelTransformFunction::apply(weight, matrices, ks_chain, channels);
 }
 
 // ---- SE scaling: (x, scale [N, C]) ----------------------------------------------------
@@ -224,4 +263,5 @@ TORCH_LIBRARY_IMPL(ofa_fast, Autograd, m) {
   m.impl("sliced_linear", &ofa_fast::sliced_linear_autograd);
   m.impl("pointwise_conv2d", &ofa_fast::pointwise_conv2d_autograd);
   m.impl("dwconv2d", &ofa_fast::dwconv2d_autograd);
+  m.impl("kernel_transform", &ofa_fast::kernel_transform_autograd);
 }

@@ -80,10 +80,9 @@ def _register_autograd(name, backward_op):
 
 
 if _ext.has_cpu_kernels():
+    # (its autograd is in C++: csrc/autograd/autograd.cpp)
     torch.library.register_fake("ofa_fast::kernel_transform")(_fake_forward)
     torch.library.register_fake("ofa_fast::kernel_transform_backward")(_fake_backward)
-    _register_autograd("ofa_fast::kernel_transform",
-                       lambda *a: torch.ops.ofa_fast.kernel_transform_backward(*a))
 
 
 def _register_triton():
