@@ -549,10 +549,7 @@ OFA_INLINE void fwd_cl_direct(const Problem& P, const T* x, const Layout& Lx, co
   const int64_t nb = channel_blocks<T>(P.C), kk = P.k * P.k;
   const InputTile it(P);
   const ClColumns cc(P);
-  // zero-initialised: the tile's border stays zero (load_tile)
-  const bool tail = P.C % V != 0;
-  std::vector<T> xt(static_cast<size_t>(tail ? it.rows * it.cols * V : 0));
-  std::vector<T> yt(static_cast<size_t>(tail ? P.OH * P.OW * V : 0));
+  std::vector<T> xt, yt;  // the tiles, made when a block first needs them
   for (int64_t index = begin; index < end; ++index) {
     const Unit u = unit_of(index, nb, group);
     for (int64_t b = u.b0; b < u.b1; ++b) {
@@ -560,6 +557,10 @@ OFA_INLINE void fwd_cl_direct(const Problem& P, const T* x, const Layout& Lx, co
       T* yb = y + u.n * Ly.sn + b * V;
       const int64_t nch = std::min<int64_t>(V, P.C - b * V);
       if (nch == V && conv_image_cl_fixed(P, cc, xb, Lx, wp + b * kk * V, yb, Ly)) continue;
+      if (xt.empty()) {  // zero-filled: the tile's border stays zero (load_tile)
+        xt.assign(static_cast<size_t>(it.rows * it.cols * V), T(0));
+        yt.assign(static_cast<size_t>(P.OH * P.OW * V), T(0));
+      }
       load_tile(xt.data(), it.rows, it.cols, xb, Lx, P.H, P.W, P.p, P.p, nch);
       conv_plane_fixed(P.k, P.s, xt.data(), it.cols, wp + b * kk * V, yt.data(), P.OH, P.OW);
       store_tile(yt.data(), P.OH, P.OW, yb, Ly, nch);
