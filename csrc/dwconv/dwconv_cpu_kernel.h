@@ -429,10 +429,11 @@ struct ClColumns {
     mid = lo + (hi - lo) / 4 * 4;
     for (int64_t ow = 0; ow < lo; ++ow) rest.push_back(ow);
     for (int64_t ow = mid; ow < P.OW; ++ow) rest.push_back(ow);
-    const size_t last = rest.size() % 8;
-    if (last > 0)
-      for (size_t want = last <= 1 ? 1 : last <= 2 ? 2 : last <= 4 ? 4 : 8; last < want; --want)
-        rest.push_back(rest.back());
+    const size_t last = rest.size() % 8;  // the last block's size, rounded up to 1, 2, 4, 8
+    if (last > 0) {
+      const int64_t back = rest.back();
+      rest.insert(rest.end(), (last <= 2 ? last : last <= 4 ? 4 : 8) - last, back);
+    }
   }
 };
 
