@@ -68,6 +68,13 @@ struct Vec<T, W, true> {
   OFA_INLINE void fma(const Vec& a, const Vec& b) { v += a.v * b.v; }
   OFA_INLINE void fma(const Vec& a, T b) { v += a.v * b; }
   OFA_INLINE void add(const Vec& a) { v += a.v; }
+  // Keep this value in a register: the compiler may otherwise fold every use of a load
+  // into its multiply-add as a memory operand, reloading it once per use.
+  OFA_INLINE void pin() {
+#if defined(__x86_64__)
+    __asm__("" : "+v"(v));
+#endif
+  }
   OFA_INLINE T sum() const {
     T s = 0;
     for (int i = 0; i < W; ++i) s += v[i];

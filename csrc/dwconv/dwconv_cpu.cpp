@@ -59,6 +59,12 @@ OFA_CPU_AVX512 void fwd_cl_direct_f32(const dw::Problem& P, const float* x, cons
                                       int64_t b, int64_t e) {
   dw::fwd_cl_direct<float>(P, x, Lx, wp, y, Ly, grp, b, e);
 }
+OFA_CPU_AVX512 void bwd_cl_direct_f32(const dw::Problem& P, const float* go, const dw::Layout& Lg,
+                                      const float* x, const dw::Layout& Lx, const float* wp,
+                                      const float* wpf, float* gx, float* acc, bool ngx, bool ngw,
+                                      int64_t grp, int64_t b, int64_t e) {
+  dw::bwd_cl_direct<float>(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
+}
 #endif
 
 // Whether the forward of this problem runs fwd_cl_direct_f32.
@@ -66,6 +72,13 @@ template <typename T>
 bool use_cl_direct(const dw::Problem& P, const dw::Layout& Lx, const dw::Layout& Ly) {
   return OFA_CPU_HAS_AVX512_TARGET && std::is_same_v<T, float> && cpu::has_avx512() &&
          dw::direct_cl(P, Lx, Ly);
+}
+
+// Whether the backward of this problem runs bwd_cl_direct_f32.
+template <typename T>
+bool use_cl_direct_bwd(const dw::Problem& P, const dw::Layout& Lx, const dw::Layout& Lg) {
+  return OFA_CPU_HAS_AVX512_TARGET && std::is_same_v<T, float> && cpu::has_avx512() &&
+         dw::direct_cl_bwd(P, Lx, Lg);
 }
 
 // The forward of units [b, e): in place when `direct` (use_cl_direct), else through tiles.
@@ -80,6 +93,23 @@ void fwd_units(bool /*direct: never for float64*/, const dw::Problem& P, const d
                const dw::Layout& Lx, const double* wp, double* y, const dw::Layout& Ly, int64_t grp,
                int64_t b, int64_t e) {
   fwd(P, x, Lx, wp, y, Ly, grp, b, e);
+}
+
+// The backward of units [b, e): in place when `direct` (use_cl_direct_bwd), else
+// through tiles.
+void bwd_units(bool direct, const dw::Problem& P, const float* go, const dw::Layout& Lg,
+               const float* x, const dw::Layout& Lx, const float* wp, const float* wpf, float* gx,
+               float* acc, bool ngx, bool ngw, int64_t grp, int64_t b, int64_t e) {
+#if OFA_CPU_HAS_AVX512_TARGET
+  if (direct) return bwd_cl_direct_f32(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
+#endif
+  bwd(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
+}
+void bwd_units(bool /*direct: never for float64*/, const dw::Problem& P, const double* go,
+               const dw::Layout& Lg, const double* x, const dw::Layout& Lx, const double* wp,
+               const double* wpf, double* gx, double* acc, bool ngx, bool ngw, int64_t grp,
+               int64_t b, int64_t e) {
+  bwd(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
 }
 
 // ---- glue -------------------------------------------------------------------
@@ -210,11 +240,12 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
     scalar_t* gxp = need_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr;
     const Units u = units_of(g, nb);
     const int64_t macs = u.group * g.OH * g.OW * V * kk * (int64_t(need_gx) + int64_t(need_gw));
+    const bool direct = use_cl_direct_bwd<scalar_t>(P, Lx, Lg);
     at::parallel_for(0, u.count, grain(macs), [&](int64_t b, int64_t e) {
       const int t = at::get_thread_num();
       used[t] = 1;
-      bwd(P, gop, Lg, xp, Lx, wp.data(), wpf.data(), gxp, need_gw ? acc.data() + t * per : nullptr,
-          need_gx, need_gw, u.group, b, e);
+      bwd_units(direct, P, gop, Lg, xp, Lx, wp.data(), wpf.data(), gxp,
+                need_gw ? acc.data() + t * per : nullptr, need_gx, need_gw, u.group, b, e);
     });
     if (need_gw) {
       scalar_t* base = gw.mutable_data_ptr<scalar_t>() + g.crop * gw.stride(2) + g.crop * gw.stride(3);
