@@ -84,6 +84,20 @@ def test_matches_batch_norm_then_activation(act, dtype, cl, train, shape, C_max)
         assert_close(a.double(), b.double(), dtype, n)
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+def test_statistics_centred_when_the_mean_is_far_from_zero(cl):
+    # float32, mean 100, variance 1: E[x^2] - E[x]^2 would lose the variance to rounding
+    # (1e4 + 1 in float32); the batch statistics are centred sums (channels_last: in
+    # chunks merged as Chan et al., here several chunks per thread's part)
+    x = torch.randn(8, 24, 40, 40) + 100
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    bn = torch.nn.BatchNorm2d(24, affine=False, track_running_stats=False)
+    y = batch_norm_act(x, bn, "none")
+    y_ref = F.batch_norm(x.double(), None, None, training=True, eps=bn.eps)
+    assert_close(y, y_ref, torch.float32, "output")
+
+
 @pytest.mark.parametrize("size", [8, 16], ids=["two-pass", "per-channel"])
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_running_statistics_updated_in_place(momentum, size):

@@ -160,14 +160,39 @@ OFA_INLINE void row_grad(const T* __restrict g, const T* __restrict x, const T* 
   }
 }
 
-// channels_last statistics: part t sums its rows into acc[t * C ...] (centred: around mean)
+// (mean, m2) of count na merged with (bmean, bm2) of count nb (Chan et al.'s update;
+// m2: the centred sum of squares)
 template <typename T>
-OFA_INLINE void stats_rows_range(const BnArgs<T>& a, bool centred, int64_t b, int64_t e) {
+OFA_INLINE void merge_moments(T* __restrict mean, T* __restrict m2, const T* __restrict bmean,
+                              const T* __restrict bm2, T na, T nb, int64_t C) {
+  const T fb = nb / (na + nb), fab = na * fb;
+  for (int64_t c = 0; c < C; ++c) {
+    const T delta = bmean[c] - mean[c];
+    mean[c] += delta * fb;
+    m2[c] += bm2[c] + delta * delta * fab;
+  }
+}
+
+// channels_last statistics of parts [b, e): part t's rows in chunks that stay in the L2
+// cache, each chunk's mean and centred sum of squares from two passes over it, merged into
+// the part's (mean, m2) at acc[t * 4C ...] (then 2C of chunk scratch). One read of x from
+// memory (the two whole-tensor passes read it twice), the centred sums' precision.
+template <typename T>
+OFA_INLINE void stats_rows_range(const BnArgs<T>& a, int64_t chunk, int64_t b, int64_t e) {
   const int64_t R = a.N * a.P, C = a.C;
   for (int64_t t = b; t < e; ++t) {
-    T* acc = a.acc + t * C;
-    for (int64_t r = t * a.rows_per_part; r < std::min(R, (t + 1) * a.rows_per_part); ++r)
-      row_stats(a.x + r * C, a.mean, acc, centred, C);
+    T* pm = a.acc + t * 4 * C;
+    T *pm2 = pm + C, *cm = pm2 + C, *cm2 = cm + C;
+    const int64_t r0 = t * a.rows_per_part, r1 = std::min(R, r0 + a.rows_per_part);
+    for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+      const int64_t c1 = std::min(r1, c0 + chunk);
+      std::fill(cm, cm + 2 * C, T(0));
+      for (int64_t r = c0; r < c1; ++r) row_stats<T>(a.x + r * C, nullptr, cm, false, C);
+      const T inv = T(1) / T(c1 - c0);
+      for (int64_t c = 0; c < C; ++c) cm[c] *= inv;
+      for (int64_t r = c0; r < c1; ++r) row_stats<T>(a.x + r * C, cm, cm2, true, C);
+      merge_moments<T>(pm, pm2, cm, cm2, T(c0 - r0), T(c1 - c0), C);
+    }
   }
 }
 
@@ -325,8 +350,8 @@ OFA_INLINE void bwd_range(const BnArgs<T>& a, bool rows, int64_t b, int64_t e) {
                                           int64_t e) {                                         \
     stats_nchw_range<T>(a, mean, var, b, e);                                                    \
   }                                                                                             \
-  OFA_CPU_MULTIVERSION void stats_rows_mv(const BnArgs<T>& a, bool centred, int64_t b, int64_t e) { \
-    stats_rows_range<T>(a, centred, b, e);                                                      \
+  OFA_CPU_MULTIVERSION void stats_rows_mv(const BnArgs<T>& a, int64_t chunk, int64_t b, int64_t e) { \
+    stats_rows_range<T>(a, chunk, b, e);                                                        \
   }                                                                                             \
   OFA_CPU_MULTIVERSION void fwd_mv(const BnArgs<T>& a, Act act, bool rows, int64_t b, int64_t e) { \
     OFA_BN_ACT_SWITCH(act, (fwd_range<A, T>(a, rows, b, e)))                                    \
@@ -372,6 +397,9 @@ BnArgs<T> args_of(const at::Tensor& x, const at::Tensor& g, const at::Tensor& ou
   return a;
 }
 
+// Bytes of channels_last rows the statistics keep in the L2 cache between their passes.
+constexpr int64_t kStatsChunkBytes = 64 * 1024;
+
 // parts for the row reductions: one per thread, each of at least 64 rows, or of 4096
 // values where the rows are longer than 64
 int64_t parts_of(int64_t rows, int64_t cols) {
@@ -387,19 +415,19 @@ void stats(BnArgs<T> a, bool rows, T* mean, T* var) {
   }
   const int64_t R = a.N * a.P, parts = parts_of(R, a.C);
   a.rows_per_part = (R + parts - 1) / parts;
-  std::vector<T> part(parts * a.C);
+  std::vector<T> part(parts * 4 * a.C, T(0));
   a.acc = part.data();
-  a.mean = mean;
-  for (const bool centred : {false, true}) {
-    std::fill(part.begin(), part.end(), T(0));
-    at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) { stats_rows_mv(a, centred, b, e); });
-    T* out = centred ? var : mean;
-    for (int64_t c = 0; c < a.C; ++c) {
-      T s = 0;
-      for (int64_t t = 0; t < parts; ++t) s += part[t * a.C + c];
-      out[c] = s / T(R);  // written after the pass that reads it
-    }
+  const int64_t chunk = std::max<int64_t>(1, kStatsChunkBytes / (a.C * int64_t(sizeof(T))));
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) { stats_rows_mv(a, chunk, b, e); });
+  std::fill(mean, mean + a.C, T(0));
+  std::fill(var, var + a.C, T(0));  // the centred sum of squares until the end
+  for (int64_t t = 0; t < parts; ++t) {
+    const int64_t r0 = t * a.rows_per_part, nt = std::min(R, r0 + a.rows_per_part) - r0;
+    if (nt > 0)
+      merge_moments<T>(mean, var, part.data() + t * 4 * a.C, part.data() + t * 4 * a.C + a.C,
+                       T(r0), T(nt), a.C);
   }
+  for (int64_t c = 0; c < a.C; ++c) var[c] /= T(R);
 }
 
 template <typename T>
