@@ -29,13 +29,13 @@ def random_config(net, rng):
     return sample_subnet(space, space.dims, rng)
 
 
-def supernet_step(net, call, batch, size, classes, seed):
+def supernet_step(net, call, batch, size, classes, seed, memory_format=torch.contiguous_format):
     """One training step of a supernet, as a closure: a random subnet (the same sequence
     for every impl, from random.Random(seed)) set on `net`, forward through `call` (net
-    or a compiled wrapper) on fixed random images, cross entropy, backward, SGD with
-    momentum."""
+    or a compiled wrapper) on fixed random images (in `memory_format`), cross entropy,
+    backward, SGD with momentum."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, size, size, generator=g)
+    x = torch.randn(batch, 3, size, size, generator=g).contiguous(memory_format=memory_format)
     labels = torch.randint(classes, (batch,), generator=g)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     rng = random.Random(seed)

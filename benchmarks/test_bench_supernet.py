@@ -7,7 +7,9 @@ Impls, interleaved per network, in one run:
 - ofa:              the `ofa` package's supernet class with the same arguments
 - ofa_fast_patched: a copy of that `ofa` supernet after ofa_fast.patch(model) (named
                     ofa_fast_* so the ratio table prints its speed-up over `ofa`)
-All three start from the same weights (OFA's state_dict loaded into ours) and run the
+- ofa_fast_cl:      ofa_fast's network and its input in channels_last (`ofa-fast train`'s
+                    `channels_last: true`; OFA's baseline stays NCHW)
+All four start from the same weights (OFA's state_dict loaded into ours) and run the
 same sequence of subnets: each draws its configs from its own random.Random(SEED) and
 calls set_active_subnet, the same call in both packages.
 
@@ -33,7 +35,7 @@ ofa_nets = pytest.importorskip(
 BATCH, SIZE, CLASSES = 16, 128, 1000
 SEED = 0
 ROUNDS, WARMUP = 5, 1
-IMPLS = ["ofa_fast", "ofa", "ofa_fast_patched"]
+IMPLS = ["ofa_fast", "ofa", "ofa_fast_patched", "ofa_fast_cl"]
 
 
 _NETS = {}  # the current network's three models (one network held at a time)
@@ -49,7 +51,9 @@ def build(name, impl):
         ours.load_state_dict(theirs.state_dict())
         patched = copy.deepcopy(theirs)
         ofa_fast.patch(patched)
-        _NETS[name] = {"ofa_fast": ours, "ofa": theirs, "ofa_fast_patched": patched}
+        ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+        _NETS[name] = {"ofa_fast": ours, "ofa": theirs, "ofa_fast_patched": patched,
+                       "ofa_fast_cl": ours_cl}
     return _NETS[name][impl]
 
 
@@ -62,7 +66,8 @@ def cases():
 @pytest.mark.parametrize("name,impl", list(cases()))
 def test_supernet_step(benchmark, name, impl):
     net = build(name, impl).train()
-    step = supernet_step(net, net, BATCH, SIZE, CLASSES, SEED)
+    fmt = torch.channels_last if impl.endswith("_cl") else torch.contiguous_format
+    step = supernet_step(net, net, BATCH, SIZE, CLASSES, SEED, memory_format=fmt)
 
     benchmark.group = f"supernet step {name}"
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
