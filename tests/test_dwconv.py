@@ -348,32 +348,39 @@ def test_cpu_channels_last_whole_blocks_any_padding(k, stride, padding, size):
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
-# The channels_last backward at stride 1 reads grad_out and the input in place (k = 3 on
-# rows of 16+ pixels, k = 5 on 24+): rows go in bands across the channel blocks (a few
-# rows each when the image has many channels), a narrower last block through tiles.
-# Each gradient alone (the other masked off) and both, every padding up to k - 1 (and
-# one beyond, which takes the tiles), against the float64 reference.
+# At stride 1 the float32 kernels read their tensors in place where that is faster than
+# the tiles: channels_last whole channel blocks (rows in bands across the blocks, a few
+# rows each when the image has many channels; a narrower last block through tiles), and
+# NCHW along the rows (rows of 16+ outputs; the backward on rows of whole vectors).
+# Forward, each gradient alone (the other masked off) and both, every padding up to
+# k - 1 (and one beyond, which takes the tiles), against the float64 reference.
 @pytest.mark.parametrize("mask", [(True, True), (True, False), (False, True)],
                          ids=["both", "input", "weight"])
-@pytest.mark.parametrize("C,H,W", [(16, 5, 16), (40, 9, 33), (168, 7, 64), (32, 1, 24)],
+@pytest.mark.parametrize("C,H,W", [(16, 5, 16), (40, 9, 33), (168, 7, 64), (32, 1, 24), (24, 6, 32)],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("k", [3, 5])
-def test_cpu_channels_last_backward_in_place(k, C, H, W, mask):
-    w = torch.randn(C + 8, 1, 7, 7, dtype=torch.float64).float()
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+def test_cpu_in_place_paths(cl, k, C, H, W, mask):
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    w = torch.randn(C + 8, 1, 7, 7)
     for padding in range(k + 1):
         if H + 2 * padding < k or W + 2 * padding < k:
             continue
-        x = torch.randn(2, C, H, W).to(memory_format=torch.channels_last)
+        x = torch.randn(2, C, H, W).to(memory_format=fmt)
         x64 = x.double().requires_grad_()
         w64 = w.double().requires_grad_()
         y64 = dwconv2d_reference(x64, w64, k, 1, 1, padding)
-        g = torch.randn(y64.shape).to(memory_format=torch.channels_last)
+        what = f"k={k} C={C} {H}x{W} padding={padding} {fmt}"
+        y = torch.ops.ofa_fast.dwconv2d(x, w, k, 1, 1, padding)
+        assert_close(y, y64, torch.float32, f"{what}: output")
+        assert y.is_contiguous(memory_format=fmt)
+        g = torch.randn(y64.shape).to(memory_format=fmt)
         gx_ref, gw_ref = torch.autograd.grad(y64, (x64, w64), g.double())
         gx, gw = torch.ops.ofa_fast.dwconv2d_backward(g, x, w, k, 1, 1, padding, list(mask))
-        what = f"k={k} C={C} {H}x{W} padding={padding} mask={mask}"
+        what += f" mask={mask}"
         if mask[0]:
             assert_close(gx, gx_ref, torch.float32, f"{what}: grad input")
-            assert gx.is_contiguous(memory_format=torch.channels_last)
+            assert gx.is_contiguous(memory_format=fmt)
         else:
             assert gx.numel() == 0
         if mask[1]:

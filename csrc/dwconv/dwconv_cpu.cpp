@@ -52,40 +52,41 @@ OFA_DW_ENTRY_POINTS(float, f32)
 OFA_DW_ENTRY_POINTS(double, f64)
 #undef OFA_DW_ENTRY_POINTS
 
-// The channels_last forward in place (dw::direct_cl): float32 on AVX-512.
+// The forward and backward read in place (dw::direct_fwd, dw::direct_bwd): float32 on
+// AVX-512.
 #if OFA_CPU_HAS_AVX512_TARGET
-OFA_CPU_AVX512 void fwd_cl_direct_f32(const dw::Problem& P, const float* x, const dw::Layout& Lx,
-                                      const float* wp, float* y, const dw::Layout& Ly, int64_t grp,
-                                      int64_t b, int64_t e) {
-  dw::fwd_cl_direct<float>(P, x, Lx, wp, y, Ly, grp, b, e);
+OFA_CPU_AVX512 void fwd_direct_f32(const dw::Problem& P, const float* x, const dw::Layout& Lx,
+                                   const float* wp, float* y, const dw::Layout& Ly, int64_t grp,
+                                   int64_t b, int64_t e) {
+  dw::fwd_direct<float>(P, x, Lx, wp, y, Ly, grp, b, e);
 }
-OFA_CPU_AVX512 void bwd_cl_direct_f32(const dw::Problem& P, const float* go, const dw::Layout& Lg,
-                                      const float* x, const dw::Layout& Lx, const float* wp,
-                                      const float* wpf, float* gx, float* acc, bool ngx, bool ngw,
-                                      int64_t grp, int64_t b, int64_t e) {
-  dw::bwd_cl_direct<float>(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
+OFA_CPU_AVX512 void bwd_direct_f32(const dw::Problem& P, const float* go, const dw::Layout& Lg,
+                                   const float* x, const dw::Layout& Lx, const float* wp,
+                                   const float* wpf, float* gx, float* acc, bool ngx, bool ngw,
+                                   int64_t grp, int64_t b, int64_t e) {
+  dw::bwd_direct<float>(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
 }
 #endif
 
-// Whether the forward of this problem runs fwd_cl_direct_f32.
+// Whether the forward of this problem runs fwd_direct_f32.
 template <typename T>
-bool use_cl_direct(const dw::Problem& P, const dw::Layout& Lx, const dw::Layout& Ly) {
+bool use_direct(const dw::Problem& P, const dw::Layout& Lx, const dw::Layout& Ly) {
   return OFA_CPU_HAS_AVX512_TARGET && std::is_same_v<T, float> && cpu::has_avx512() &&
-         dw::direct_cl(P, Lx, Ly);
+         dw::direct_fwd(P, Lx, Ly);
 }
 
-// Whether the backward of this problem runs bwd_cl_direct_f32.
+// Whether the backward of this problem runs bwd_direct_f32.
 template <typename T>
-bool use_cl_direct_bwd(const dw::Problem& P, const dw::Layout& Lx, const dw::Layout& Lg) {
+bool use_direct_bwd(const dw::Problem& P, const dw::Layout& Lx, const dw::Layout& Lg) {
   return OFA_CPU_HAS_AVX512_TARGET && std::is_same_v<T, float> && cpu::has_avx512() &&
-         dw::direct_cl_bwd(P, Lx, Lg);
+         dw::direct_bwd(P, Lx, Lg);
 }
 
-// The forward of units [b, e): in place when `direct` (use_cl_direct), else through tiles.
+// The forward of units [b, e): in place when `direct` (use_direct), else through tiles.
 void fwd_units(bool direct, const dw::Problem& P, const float* x, const dw::Layout& Lx,
                const float* wp, float* y, const dw::Layout& Ly, int64_t grp, int64_t b, int64_t e) {
 #if OFA_CPU_HAS_AVX512_TARGET
-  if (direct) return fwd_cl_direct_f32(P, x, Lx, wp, y, Ly, grp, b, e);
+  if (direct) return fwd_direct_f32(P, x, Lx, wp, y, Ly, grp, b, e);
 #endif
   fwd(P, x, Lx, wp, y, Ly, grp, b, e);
 }
@@ -95,13 +96,13 @@ void fwd_units(bool /*direct: never for float64*/, const dw::Problem& P, const d
   fwd(P, x, Lx, wp, y, Ly, grp, b, e);
 }
 
-// The backward of units [b, e): in place when `direct` (use_cl_direct_bwd), else
-// through tiles.
+// The backward of units [b, e): in place when `direct` (use_direct_bwd), else through
+// tiles.
 void bwd_units(bool direct, const dw::Problem& P, const float* go, const dw::Layout& Lg,
                const float* x, const dw::Layout& Lx, const float* wp, const float* wpf, float* gx,
                float* acc, bool ngx, bool ngw, int64_t grp, int64_t b, int64_t e) {
 #if OFA_CPU_HAS_AVX512_TARGET
-  if (direct) return bwd_cl_direct_f32(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
+  if (direct) return bwd_direct_f32(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
 #endif
   bwd(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
 }
@@ -196,7 +197,7 @@ at::Tensor dwconv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const Units u = units_of(g, dw::channel_blocks<scalar_t>(g.C));
-    const bool direct = use_cl_direct<scalar_t>(P, Lx, Ly);
+    const bool direct = use_direct<scalar_t>(P, Lx, Ly);
     at::parallel_for(0, u.count, grain(u.group * g.OH * g.OW * kLanes<scalar_t> * g.k * g.k),
                      [&](int64_t b, int64_t e) {
                        fwd_units(direct, P, xp, Lx, wp.data(), yp, Ly, u.group, b, e);
@@ -229,9 +230,13 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
     const std::vector<scalar_t> wpf = pack_filter<scalar_t>(weight, g, /*flipped=*/true);
     const dw::Layout Lg = layout_of(g.C, g.OH, g.OW, g.channels_last);
     const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
-    const int64_t nb = dw::channel_blocks<scalar_t>(g.C), kk = g.k * g.k, per = nb * kk * V;
+    const bool direct = use_direct_bwd<scalar_t>(P, Lx, Lg);
+    const bool spread = direct && dw::direct_bwd_spreads_lanes(Lx);
+    const int64_t nb = dw::channel_blocks<scalar_t>(g.C), kk = g.k * g.k;
+    const int64_t per = (spread ? g.C : nb) * kk * V;
     // Units are split between threads, each summing the filter gradient into its own
-    // [blocks][k * k][lanes] accumulator; they are added up at the end.
+    // accumulator, [blocks][k * k][lanes] (or [C][k * k][lanes] when `spread`); they are
+    // added up at the end.
     const int nthreads = at::get_num_threads();
     std::vector<scalar_t> acc(static_cast<size_t>(need_gw ? per * nthreads : 0), scalar_t(0));
     std::vector<char> used(static_cast<size_t>(nthreads), 0);
@@ -240,7 +245,6 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
     scalar_t* gxp = need_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr;
     const Units u = units_of(g, nb);
     const int64_t macs = u.group * g.OH * g.OW * V * kk * (int64_t(need_gx) + int64_t(need_gw));
-    const bool direct = use_cl_direct_bwd<scalar_t>(P, Lx, Lg);
     at::parallel_for(0, u.count, grain(macs), [&](int64_t b, int64_t e) {
       const int t = at::get_thread_num();
       used[t] = 1;
@@ -254,8 +258,13 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
         for (int64_t i = 0; i < g.k; ++i)
           for (int64_t j = 0; j < g.k; ++j) {
             scalar_t sum = 0;
-            for (int t = 0; t < nthreads; ++t)
-              if (used[t]) sum += acc[t * per + ((c / V) * kk + i * g.k + j) * V + c % V];
+            for (int t = 0; t < nthreads; ++t) {
+              if (!used[t]) continue;
+              if (spread)
+                for (int l = 0; l < V; ++l) sum += acc[t * per + (c * kk + i * g.k + j) * V + l];
+              else
+                sum += acc[t * per + ((c / V) * kk + i * g.k + j) * V + c % V];
+            }
             out.at(c, i, j) = sum;
           }
     }

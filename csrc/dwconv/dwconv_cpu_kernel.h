@@ -943,6 +943,274 @@ OFA_INLINE void bwd_cl_direct(const Problem& P, const T* go, const Layout& Lg, c
     bwd(P, go, Lg, x, Lx, wp, wp_flipped, gx, acc, need_gx, need_gw, group, begin, end);
 }
 
+// ---------------------------------------------------------------------------------
+// NCHW along the rows (no transposes)
+// ---------------------------------------------------------------------------------
+// Each channel's plane is contiguous, so at stride 1 V consecutive outputs of a row are
+// one vector, and their tap (i, j) is the V input values from column j on: an
+// unaligned load from the plane staged with its zero padding. No transposes (the
+// tiles' 16 x 16 register transposes cost about as much as the multiply-adds at
+// k = 3). The stride-1 input gradient is the same correlation of grad_out with the
+// flipped filter; the filter gradient reads grad_out in place.
+
+// Plane src (H x W, contiguous) into buf at (pad, pad), `cols` values per buffer row.
+// Only those are written: the zero border is the caller's (a buffer that starts zeroed).
+template <typename T>
+OFA_INLINE void stage_plane(T* buf, int64_t cols, const T* src, int64_t H, int64_t W, int64_t pad) {
+  for (int64_t r = 0; r < H; ++r) std::copy(src + r * W, src + (r + 1) * W, buf + (r + pad) * cols + pad);
+}
+
+// R output rows of V outputs: `in` the staged input at their first tap, `rs` values per
+// staged row; w: the channel's taps, `ws` apart. Staged row t feeds output row r through
+// filter row t - r: each input vector is loaded once for all the outputs it feeds.
+template <typename T, int K, int R>
+OFA_INLINE void conv_rows_block(const T* in, int64_t rs, const T* w, int64_t ws, T* out, int64_t ors) {
+  constexpr int V = kLanes<T>;
+  Vec<T, V> acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = Vec<T, V>::zero();
+#pragma GCC unroll 16
+  for (int t = 0; t < R + K - 1; ++t) {
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j) {
+      Vec<T, V> xv = Vec<T, V>::load(in + t * rs + j);
+      xv.pin();
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const int i = t - r;
+        if (i >= 0 && i < K) acc[r].fma(xv, w[(i * K + j) * ws]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) acc[r].store(out + r * ors);
+}
+
+// The OH x OW output plane y (contiguous) of a staged input (see conv_rows_block).
+// A last part-vector of each row goes through `tail` (R x V scratch).
+template <typename T, int K, int R>
+OFA_INLINE void conv_plane_rows_r(const T* buf, int64_t cols, const T* w, int64_t ws, T* y,
+                                  int64_t oh0, int64_t oh1, int64_t OW, T* tail) {
+  constexpr int V = kLanes<T>;
+  const int64_t nq = OW / V, rem = OW % V;
+  for (int64_t oh = oh0; oh + R <= oh1; oh += R) {
+    for (int64_t q = 0; q < nq; ++q)
+      conv_rows_block<T, K, R>(buf + oh * cols + q * V, cols, w, ws, y + oh * OW + q * V, OW);
+    if (rem == 0) continue;
+    conv_rows_block<T, K, R>(buf + oh * cols + nq * V, cols, w, ws, tail, V);
+    for (int r = 0; r < R; ++r) std::copy(tail + r * V, tail + r * V + rem, y + (oh + r) * OW + nq * V);
+  }
+}
+
+template <typename T, int K>
+OFA_INLINE void conv_plane_rows(const T* buf, int64_t cols, const T* w, int64_t ws, T* y,
+                                int64_t OH, int64_t OW, T* tail) {
+  constexpr int R = 4;
+  const int64_t whole = OH / R * R;
+  conv_plane_rows_r<T, K, R>(buf, cols, w, ws, y, 0, whole, OW, tail);
+  conv_plane_rows_r<T, K, 1>(buf, cols, w, ws, y, whole, OH, OW, tail);
+}
+
+// Staged-buffer geometry of a stride-1 correlation with an (oh x ow) output: every tap
+// of every output vector, the last one's padding lanes included, lies inside.
+struct RowsBuffer {
+  int64_t rows, cols;
+  RowsBuffer(int64_t oh, int64_t ow, int64_t k, int V) : rows(oh + k - 1), cols((ow + V - 1) / V * V + k - 1) {}
+};
+
+// Whether the forward (and, below, the backward) of NCHW tensors runs along the rows:
+// stride 1, dilation 1, k = 3, 5 or 7, a padding the flipped correlation can take, rows
+// of 16+ outputs (narrower ones would waste most of each vector).
+OFA_INLINE bool direct_nchw(const Problem& P, const Layout& Lx, const Layout& Ly) {
+  if (Lx.channels_last() || Ly.channels_last() || P.s != 1 || P.d != 1) return false;
+  if (P.k != 3 && P.k != 5) return false;  // k = 7: as fast as the tiles (1.0-1.08x)
+  return P.p <= P.k - 1 && P.OW >= 16;
+}
+
+// Forward over NCHW units [begin, end) (one image and channel block each; see fwd).
+template <typename T, int K>
+OFA_INLINE void fwd_nchw_rows_k(const Problem& P, const T* x, const Layout& Lx, const T* wp, T* y,
+                                const Layout& Ly, int64_t begin, int64_t end) {
+  constexpr int V = kLanes<T>;
+  constexpr int kk = K * K;
+  const int64_t nb = channel_blocks<T>(P.C);
+  const RowsBuffer rb(P.OH, P.OW, K, V);
+  std::vector<T> buf(static_cast<size_t>(rb.rows * rb.cols)), tail(4 * V);  // zeroed: see stage_plane
+  for (int64_t index = begin; index < end; ++index) {
+    const Unit u = unit_of(index, nb, 1);
+    const int64_t nch = std::min<int64_t>(V, P.C - u.b0 * V);
+    for (int64_t l = 0; l < nch; ++l) {
+      const int64_t c = u.b0 * V + l;
+      stage_plane(buf.data(), rb.cols, x + u.n * Lx.sn + c * Lx.sc, P.H, P.W, P.p);
+      conv_plane_rows<T, K>(buf.data(), rb.cols, wp + u.b0 * kk * V + l, V, y + u.n * Ly.sn + c * Ly.sc,
+                            P.OH, P.OW, tail.data());
+    }
+  }
+}
+
+template <typename T>
+OFA_INLINE void fwd_nchw_rows(const Problem& P, const T* x, const Layout& Lx, const T* wp, T* y,
+                              const Layout& Ly, int64_t group, int64_t begin, int64_t end) {
+  if (P.k == 3) fwd_nchw_rows_k<T, 3>(P, x, Lx, wp, y, Ly, begin, end);
+  else if (P.k == 5) fwd_nchw_rows_k<T, 5>(P, x, Lx, wp, y, Ly, begin, end);
+  else fwd(P, x, Lx, wp, y, Ly, group, begin, end);  // not a case direct_nchw takes
+}
+
+// The filter gradient over R output rows of V outputs: a[i * K + j] += g(r) * x(r + i, j)
+// (xs: the staged input at their first tap, `cols` per row; g: grad_out at the first
+// output, OW per row). Staged row t meets output row r at filter row t - r: each input
+// vector is loaded once for all the taps it feeds.
+template <typename T, int K, int R>
+OFA_INLINE void wgrad_rows_block(const T* xs, int64_t cols, const T* g, int64_t OW,
+                                 Vec<T, kLanes<T>>* a) {
+  constexpr int V = kLanes<T>;
+  Vec<T, V> gv[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    gv[r] = Vec<T, V>::load(g + r * OW);
+    gv[r].pin();
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < R + K - 1; ++t) {
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j) {
+      Vec<T, V> xv = Vec<T, V>::load(xs + t * cols + j);
+      xv.pin();
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const int i = t - r;
+        if (i >= 0 && i < K) a[i * K + j].fma(gv[r], xv);
+      }
+    }
+  }
+}
+
+// The filter gradient of one plane, added into acc [K * K][V] still spread over the
+// lanes (the caller sums them once at the end: a horizontal sum per plane cost more
+// than the plane's multiply-adds at 16 x 16). Outputs of a row past its whole vectors
+// (OW % V) are summed one by one into lane 0: a vector over them would multiply input
+// pixels no output reads by zero lanes, and 0 * inf is nan.
+template <typename T, int K>
+OFA_INLINE void wgrad_plane_rows(const T* xs, int64_t cols, const T* g, int64_t OH, int64_t OW,
+                                 T* acc) {
+  constexpr int V = kLanes<T>, R = K == 3 ? 4 : 2;  // K * K + R + 1 of 32 vector registers
+  const int64_t nq = OW / V;
+  Vec<T, V> a[K * K];
+#pragma GCC unroll 32
+  for (int t = 0; t < K * K; ++t) a[t] = Vec<T, V>::zero();
+  int64_t oh = 0;
+  for (; oh + R <= OH; oh += R)
+    for (int64_t q = 0; q < nq; ++q)
+      wgrad_rows_block<T, K, R>(xs + oh * cols + q * V, cols, g + oh * OW + q * V, OW, a);
+  for (; oh < OH; ++oh)
+    for (int64_t q = 0; q < nq; ++q)
+      wgrad_rows_block<T, K, 1>(xs + oh * cols + q * V, cols, g + oh * OW + q * V, OW, a);
+  // (unrolled: a run-time index into a[] would keep it in memory through the loops above)
+#pragma GCC unroll 8
+  for (int i = 0; i < K; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j) {
+      T* dst = acc + (i * K + j) * V;
+      a[i * K + j].add(Vec<T, V>::load(dst));
+      a[i * K + j].store(dst);
+      for (oh = 0; oh < OH; ++oh)
+        for (int64_t ow = nq * V; ow < OW; ++ow) dst[0] += g[oh * OW + ow] * xs[(oh + i) * cols + ow + j];
+    }
+}
+
+// Whether the backward of NCHW tensors runs along the rows: as direct_nchw, on rows of
+// whole vectors (a last part-vector's filter gradient goes one output at a time, which
+// made W = 28 3.5x slower than the tiles). Both gradients against the tiles (1 thread,
+// batch 16): k = 3 1.2-1.4x at 32x32, 1.25x at 16x16; k = 5 1.1x at 32x32, 0.86x at 16x16.
+OFA_INLINE bool direct_nchw_bwd(const Problem& P, const Layout& Lx, const Layout& Lg) {
+  if (!direct_nchw(P, Lx, Lg) || P.OW % kLanes<float> != 0) return false;
+  return P.k == 3 || P.OW >= 32;
+}
+
+// Both gradients over NCHW units [begin, end) (see bwd for the arguments, but acc:
+// [C][k * k][V], each channel's sums spread over the lanes: see wgrad_plane_rows).
+template <typename T, int K>
+OFA_INLINE void bwd_nchw_rows_k(const Problem& P, const T* go, const Layout& Lg, const T* x,
+                                const Layout& Lx, const T* wp_flipped, T* gx, T* acc, bool need_gx,
+                                bool need_gw, int64_t begin, int64_t end) {
+  constexpr int V = kLanes<T>;
+  constexpr int kk = K * K;
+  const int64_t nb = channel_blocks<T>(P.C);
+  // the input gradient: grad_out (OH x OW) padded by k - 1 - p, the flipped filter
+  const int64_t pt = ofa_fast::dwconv::flipped_padding(K, 1, P.p);
+  const RowsBuffer gb(P.H, P.W, K, V), xb(P.OH, P.OW, K, V);
+  // zeroed: see stage_plane
+  std::vector<T> gbuf(static_cast<size_t>(need_gx ? gb.rows * gb.cols : 0));
+  std::vector<T> xbuf(static_cast<size_t>(need_gw ? xb.rows * xb.cols : 0)), tail(4 * V);
+  for (int64_t index = begin; index < end; ++index) {
+    const Unit u = unit_of(index, nb, 1);
+    const int64_t nch = std::min<int64_t>(V, P.C - u.b0 * V);
+    for (int64_t l = 0; l < nch; ++l) {
+      const int64_t c = u.b0 * V + l;
+      const T* g = go + u.n * Lg.sn + c * Lg.sc;
+      if (need_gx) {
+        stage_plane(gbuf.data(), gb.cols, g, P.OH, P.OW, pt);
+        conv_plane_rows<T, K>(gbuf.data(), gb.cols, wp_flipped + u.b0 * kk * V + l, V,
+                              gx + u.n * Lx.sn + c * Lx.sc, P.H, P.W, tail.data());
+      }
+      if (need_gw) {
+        stage_plane(xbuf.data(), xb.cols, x + u.n * Lx.sn + c * Lx.sc, P.H, P.W, P.p);
+        wgrad_plane_rows<T, K>(xbuf.data(), xb.cols, g, P.OH, P.OW, acc + c * kk * V);
+      }
+    }
+  }
+}
+
+template <typename T>
+OFA_INLINE void bwd_nchw_rows(const Problem& P, const T* go, const Layout& Lg, const T* x,
+                              const Layout& Lx, const T* wp, const T* wp_flipped, T* gx, T* acc,
+                              bool need_gx, bool need_gw, int64_t group, int64_t begin, int64_t end) {
+  if (P.k == 3)
+    bwd_nchw_rows_k<T, 3>(P, go, Lg, x, Lx, wp_flipped, gx, acc, need_gx, need_gw, begin, end);
+  else if (P.k == 5)
+    bwd_nchw_rows_k<T, 5>(P, go, Lg, x, Lx, wp_flipped, gx, acc, need_gx, need_gw, begin, end);
+  else {  // not a case direct_nchw_bwd takes: the tiles, their sums into lane 0
+    constexpr int V = kLanes<T>;
+    const int64_t nb = channel_blocks<T>(P.C), kk = P.k * P.k;
+    std::vector<T> blocks(static_cast<size_t>(need_gw ? nb * kk * V : 0));
+    bwd(P, go, Lg, x, Lx, wp, wp_flipped, gx, blocks.data(), need_gx, need_gw, group, begin, end);
+    if (need_gw)
+      for (int64_t c = 0; c < P.C; ++c)
+        for (int64_t t = 0; t < kk; ++t) acc[(c * kk + t) * V] += blocks[((c / V) * kk + t) * V + c % V];
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// The in-place paths, by layout
+// ---------------------------------------------------------------------------------
+// Whether the forward / backward reads its tensors in place (float32 on AVX-512, where
+// dwconv_cpu.cpp compiles these): channels_last whole blocks, or NCHW along the rows.
+OFA_INLINE bool direct_fwd(const Problem& P, const Layout& Lx, const Layout& Ly) {
+  return direct_cl(P, Lx, Ly) || direct_nchw(P, Lx, Ly);
+}
+OFA_INLINE bool direct_bwd(const Problem& P, const Layout& Lx, const Layout& Lg) {
+  return direct_cl_bwd(P, Lx, Lg) || direct_nchw_bwd(P, Lx, Lg);
+}
+// The filter-gradient accumulator a direct backward of this layout adds into:
+// [blocks][k * k][V] (one lane per channel), or NCHW's [C][k * k][V] (each channel's
+// sums spread over the lanes).
+OFA_INLINE bool direct_bwd_spreads_lanes(const Layout& Lx) { return !Lx.channels_last(); }
+
+template <typename T>
+OFA_INLINE void fwd_direct(const Problem& P, const T* x, const Layout& Lx, const T* wp, T* y,
+                           const Layout& Ly, int64_t group, int64_t begin, int64_t end) {
+  if (Lx.channels_last()) fwd_cl_direct(P, x, Lx, wp, y, Ly, group, begin, end);
+  else fwd_nchw_rows(P, x, Lx, wp, y, Ly, group, begin, end);
+}
+
+template <typename T>
+OFA_INLINE void bwd_direct(const Problem& P, const T* go, const Layout& Lg, const T* x,
+                           const Layout& Lx, const T* wp, const T* wp_flipped, T* gx, T* acc,
+                           bool need_gx, bool need_gw, int64_t group, int64_t begin, int64_t end) {
+  if (Lx.channels_last())
+    bwd_cl_direct(P, go, Lg, x, Lx, wp, wp_flipped, gx, acc, need_gx, need_gw, group, begin, end);
+  else
+    bwd_nchw_rows(P, go, Lg, x, Lx, wp, wp_flipped, gx, acc, need_gx, need_gw, group, begin, end);
+}
+
 }  // namespace dw
 }  // namespace cpu
 }  // namespace ofa_fast
