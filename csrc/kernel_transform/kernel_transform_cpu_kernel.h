@@ -50,6 +50,35 @@ struct Scratch {
   T* out(int64_t q) { return buf.data() + (2 * q + 1) * per; }
 };
 
+// out[r] = sum_e M(r, e) * in[e] for rows [r0, r0 + R) (vectors of V channels, M's
+// entries broadcast; M^T instead when `transposed`). R rows at once: R independent
+// sums (one sum alone waited out the multiply-add latency at every term).
+template <typename T, int R, bool kTransposed>
+OFA_INLINE void mat_vec_rows(const Mat<T>& M, const T* in, T* out, int r0, int n) {
+  constexpr int V = kLanes<T>;
+  Vec<T, V> acc[R];
+#pragma GCC unroll 8
+  for (int k = 0; k < R; ++k) acc[k] = Vec<T, V>::zero();
+  for (int e = 0; e < n; ++e) {
+    const Vec<T, V> v = Vec<T, V>::load(in + e * V);
+#pragma GCC unroll 8
+    for (int k = 0; k < R; ++k) acc[k].fma(v, kTransposed ? M.at(e, r0 + k) : M.at(r0 + k, e));
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < R; ++k) acc[k].store(out + (r0 + k) * V);
+}
+
+template <typename T, bool kTransposed>
+OFA_INLINE void mat_vec(const Mat<T>& M, const T* in, T* out, int n) {
+  int r = 0;
+  for (; r + 8 <= n; r += 8) mat_vec_rows<T, 8, kTransposed>(M, in, out, r, n);
+  if (r + 4 <= n) {
+    mat_vec_rows<T, 4, kTransposed>(M, in, out, r, n);
+    r += 4;
+  }
+  for (; r < n; ++r) mat_vec_rows<T, 1, kTransposed>(M, in, out, r, n);
+}
+
 // Runs the chain for channels [c0, c0 + nc) (nc <= V; lanes past nc are zero).
 template <typename T>
 OFA_INLINE void chain_forward(const Chain& ch, const Weight<T>& w, const Mat<T>* M, int64_t c0,
@@ -69,12 +98,7 @@ OFA_INLINE void chain_forward(const Chain& ch, const Weight<T>& w, const Mat<T>*
       const T* prev = st.out(q - 1);
       for (int e = 0; e < n; ++e) Vec<T, V>::load(prev + crop_flat_index(e, S, D) * V).store(crop + e * V);
     }
-    T* out = st.out(q);
-    for (int r = 0; r < n; ++r) {
-      Vec<T, V> acc = Vec<T, V>::zero();
-      for (int e = 0; e < n; ++e) acc.fma(Vec<T, V>::load(crop + e * V), M[q].at(r, e));
-      acc.store(out + r * V);
-    }
+    mat_vec<T, false>(M[q], crop, st.out(q), n);
   }
 }
 
@@ -117,13 +141,10 @@ OFA_INLINE void backward(const Chain& ch, const Weight<T>& w, const Mat<T>* M, i
       const T* crop = st.crop(q);
       T* gm = gM + moff[q];
       // dcrop[e] = sum_r M[r, e] g[r];  gM[r, e] += g[r] * crop[e] (per lane)
-      for (int e = 0; e < n; ++e) Vec<T, V>::zero().store(dcrop + e * V);
+      mat_vec<T, true>(M[q], g, dcrop, n);
       for (int r = 0; r < n; ++r) {
         const Vec<T, V> gr = Vec<T, V>::load(g + r * V);
         for (int e = 0; e < n; ++e) {
-          Vec<T, V> d = Vec<T, V>::load(dcrop + e * V);
-          d.fma(gr, M[q].at(r, e));
-          d.store(dcrop + e * V);
           Vec<T, V> a = Vec<T, V>::load(gm + (r * n + e) * V);
           a.fma(gr, Vec<T, V>::load(crop + e * V));
           a.store(gm + (r * n + e) * V);
