@@ -390,6 +390,28 @@ def test_cpu_in_place_paths(cl, k, C, H, W, mask):
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("k,W", [(3, 20), (3, 16), (5, 30), (3, 8)])
+def test_cpu_weight_gradient_never_meets_unread_input(k, W, cl):
+    # an inf in the last column reaches only the taps some output reads it through:
+    # the vector lanes past the row's end (NCHW: W = 20, 30) must not multiply it by zero
+    x = torch.randn(2, 16, 6, W)
+    x[:, :, :, W - 1] = float("inf")
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(16, 1, 7, 7)
+    g = torch.randn(2, 16, 6, W)
+    _, gw = torch.ops.ofa_fast.dwconv2d_backward(g, x, w, k, 1, 1, k // 2, [False, True])
+    x64 = x.double()
+    w64 = w.double().requires_grad_()
+    (gw_ref,) = torch.autograd.grad(dwconv2d_reference(x64, w64, k, 1, 1, k // 2), (w64,), g.double())
+    assert torch.equal(gw.isnan(), gw_ref.isnan()) and torch.equal(gw.isinf(), gw_ref.isinf())
+    finite = gw_ref.isfinite()
+    crop = gw_ref[:, :, 3 - k // 2:4 + k // 2, 3 - k // 2:4 + k // 2]
+    assert crop.isfinite().any() and not crop.isfinite().all()
+    assert_close(gw[finite], gw_ref[finite], torch.float32, "finite taps")
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("k,stride", [(3, 1), (7, 1), (5, 2)])
 def test_cpu_padding_never_meets_nonfinite_input(k, stride, cl):
     # the zero padding is zero times the filter: an inf or a nan in the image reaches

@@ -2,7 +2,8 @@
 // extensions. The kernels are written once against Vec<T, W>; each entry point is
 // compiled for several instruction sets (OFA_CPU_MULTIVERSION) and picked at load
 // time, so one binary uses AVX-512 where the CPU has it and still runs elsewhere.
-// Everything here is header-only plain C++: no torch, no intrinsics.
+// Everything here is header-only plain C++: no torch, no intrinsics (one GCC builtin:
+// the AVX-512 masked load of load_first).
 #pragma once
 
 #include <cstdint>
@@ -64,6 +65,21 @@ struct Vec<T, W, true> {
     r.v = raw{} + s;
     return r;
   }
+  // The first n (<= W) lanes at p, zeros in the rest; reads nothing past p + n. For
+  // 16 floats one AVX-512 masked load: only for code compiled for AVX-512
+  // (OFA_CPU_AVX512), where the builtin expands.
+  static OFA_INLINE Vec load_first(const T* p, int n) {
+    Vec r;
+#if OFA_CPU_HAS_AVX512_TARGET
+    if constexpr (std::is_same_v<T, float> && W == 16) {
+      r.v = __builtin_ia32_loadups512_mask(p, raw{}, static_cast<unsigned short>((1u << n) - 1));
+      return r;
+    }
+#endif
+    r.v = raw{};
+    for (int i = 0; i < n; ++i) r.v[i] = p[i];
+    return r;
+  }
   OFA_INLINE void store(T* p) const { *reinterpret_cast<uraw*>(p) = v; }
   OFA_INLINE void fma(const Vec& a, const Vec& b) { v += a.v * b.v; }
   OFA_INLINE void fma(const Vec& a, T b) { v += a.v * b; }
@@ -100,6 +116,11 @@ struct Vec<T, W, false> {
   static OFA_INLINE Vec splat(T s) {
     Vec r;
     for (int i = 0; i < W; ++i) r.v[i] = s;
+    return r;
+  }
+  static OFA_INLINE Vec load_first(const T* p, int n) {
+    Vec r;
+    for (int i = 0; i < W; ++i) r.v[i] = i < n ? p[i] : T(0);
     return r;
   }
   OFA_INLINE void store(T* p) const {

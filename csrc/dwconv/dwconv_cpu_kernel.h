@@ -1058,21 +1058,25 @@ OFA_INLINE void fwd_nchw_rows(const Problem& P, const T* x, const Layout& Lx, co
 // (xs: the staged input at their first tap, `cols` per row; g: grad_out at the first
 // output, OW per row). Staged row t meets output row r at filter row t - r: each input
 // vector is loaded once for all the taps it feeds.
-template <typename T, int K, int R>
+// kMasked: only the first n outputs (a row's last part-vector): every load keeps its
+// first n lanes and zeros the rest, so the lanes past the row add 0 * 0 (a vector over
+// them would multiply input pixels no output reads by zero, and 0 * inf is nan).
+template <typename T, int K, int R, bool kMasked = false>
 OFA_INLINE void wgrad_rows_block(const T* xs, int64_t cols, const T* g, int64_t OW,
-                                 Vec<T, kLanes<T>>* a) {
+                                 Vec<T, kLanes<T>>* a, int n = kLanes<T>) {
   constexpr int V = kLanes<T>;
   Vec<T, V> gv[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    gv[r] = Vec<T, V>::load(g + r * OW);
+    gv[r] = kMasked ? Vec<T, V>::load_first(g + r * OW, n) : Vec<T, V>::load(g + r * OW);
     gv[r].pin();
   }
 #pragma GCC unroll 16
   for (int t = 0; t < R + K - 1; ++t) {
 #pragma GCC unroll 8
     for (int j = 0; j < K; ++j) {
-      Vec<T, V> xv = Vec<T, V>::load(xs + t * cols + j);
+      const T* px = xs + t * cols + j;
+      Vec<T, V> xv = kMasked ? Vec<T, V>::load_first(px, n) : Vec<T, V>::load(px);
       xv.pin();
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
@@ -1085,24 +1089,30 @@ OFA_INLINE void wgrad_rows_block(const T* xs, int64_t cols, const T* g, int64_t 
 
 // The filter gradient of one plane, added into acc [K * K][V] still spread over the
 // lanes (the caller sums them once at the end: a horizontal sum per plane cost more
-// than the plane's multiply-adds at 16 x 16). Outputs of a row past its whole vectors
-// (OW % V) are summed one by one into lane 0: a vector over them would multiply input
-// pixels no output reads by zero lanes, and 0 * inf is nan.
+// than the plane's multiply-adds at 16 x 16). A row's last part-vector (OW % V) takes
+// masked loads (wgrad_rows_block).
 template <typename T, int K>
 OFA_INLINE void wgrad_plane_rows(const T* xs, int64_t cols, const T* g, int64_t OH, int64_t OW,
                                  T* acc) {
   constexpr int V = kLanes<T>, R = K == 3 ? 4 : 2;  // K * K + R + 1 of 32 vector registers
   const int64_t nq = OW / V;
+  const int rem = int(OW % V);
   Vec<T, V> a[K * K];
 #pragma GCC unroll 32
   for (int t = 0; t < K * K; ++t) a[t] = Vec<T, V>::zero();
   int64_t oh = 0;
-  for (; oh + R <= OH; oh += R)
+  for (; oh + R <= OH; oh += R) {
     for (int64_t q = 0; q < nq; ++q)
       wgrad_rows_block<T, K, R>(xs + oh * cols + q * V, cols, g + oh * OW + q * V, OW, a);
-  for (; oh < OH; ++oh)
+    if (rem)
+      wgrad_rows_block<T, K, R, true>(xs + oh * cols + nq * V, cols, g + oh * OW + nq * V, OW, a, rem);
+  }
+  for (; oh < OH; ++oh) {
     for (int64_t q = 0; q < nq; ++q)
       wgrad_rows_block<T, K, 1>(xs + oh * cols + q * V, cols, g + oh * OW + q * V, OW, a);
+    if (rem)
+      wgrad_rows_block<T, K, 1, true>(xs + oh * cols + nq * V, cols, g + oh * OW + nq * V, OW, a, rem);
+  }
   // (unrolled: a run-time index into a[] would keep it in memory through the loops above)
 #pragma GCC unroll 8
   for (int i = 0; i < K; ++i)
@@ -1111,18 +1121,15 @@ OFA_INLINE void wgrad_plane_rows(const T* xs, int64_t cols, const T* g, int64_t 
       T* dst = acc + (i * K + j) * V;
       a[i * K + j].add(Vec<T, V>::load(dst));
       a[i * K + j].store(dst);
-      for (oh = 0; oh < OH; ++oh)
-        for (int64_t ow = nq * V; ow < OW; ++ow) dst[0] += g[oh * OW + ow] * xs[(oh + i) * cols + ow + j];
     }
 }
 
-// Whether the backward of NCHW tensors runs along the rows: as direct_nchw, on rows of
-// whole vectors (a last part-vector's filter gradient goes one output at a time, which
-// made W = 28 3.5x slower than the tiles). Both gradients against the tiles (1 thread,
-// batch 16): k = 3 1.2-1.4x at 32x32, 1.25x at 16x16; k = 5 1.1x at 32x32, 0.86x at 16x16.
+// Whether the backward of NCHW tensors runs along the rows (as direct_nchw). Both
+// gradients against the tiles (1 thread, batch 16): k = 3 1.2-1.4x at 32x32, 1.25x at
+// 16x16, 1.3-1.4x at 17x17, 2.1-2.2x at 28x28, 1.8x at 56x56; k = 5 1.1x at 32x32,
+// 1.75x at 28x28, 1.8-1.9x at 56x56, 1.0x at 17x17, 0.86x at 16x16.
 OFA_INLINE bool direct_nchw_bwd(const Problem& P, const Layout& Lx, const Layout& Lg) {
-  if (!direct_nchw(P, Lx, Lg) || P.OW % kLanes<float> != 0) return false;
-  return P.k == 3 || P.OW >= 32;
+  return direct_nchw(P, Lx, Lg) && (P.k == 3 || P.OW >= 24);
 }
 
 // Both gradients over NCHW units [begin, end) (see bwd for the arguments, but acc:
