@@ -7,6 +7,10 @@ import torch.nn.functional as F
 
 from ofa_fast.train.space import sample_subnet, space_of
 
+# OFA-MobileNetV3 layer shapes (channels, spatial size) and batch of the per-op suites
+LAYER_SHAPES = [(144, 32), (240, 16), (480, 8)]
+LAYER_BATCH = 16
+
 RESULTS = collections.defaultdict(dict)  # group -> impl -> median seconds
 COMPILATIONS = collections.defaultdict(dict)  # group -> impl -> (compilations, steps)
 
@@ -20,6 +24,24 @@ def record(benchmark, group, impl):
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def op_round(fwd, x, params, grad, mode, device="cpu"):
+    """One benchmark round of an op's callable: the forward under no_grad ("fwd"), or
+    forward + backward ("fwdbwd") with fresh gradients each round, as in a training step
+    (no accumulation)."""
+    def run():
+        if mode == "fwd":
+            with torch.no_grad():
+                fwd()
+        else:
+            x.grad = None
+            for p in params:
+                p.grad = None
+            fwd().backward(grad)
+        sync(device)
+
+    return run
 
 
 def random_config(net, rng):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ofa_fast
-from _bench import record
+from _bench import LAYER_BATCH as BATCH, LAYER_SHAPES as SHAPES, op_round, record
 
 try:
     from ofa.imagenet_classification.elastic_nn.modules.dynamic_op import (
@@ -22,8 +22,6 @@ try:
 except Exception:  # pragma: no cover - the baseline is a test extra
     OfaBN = None
 
-SHAPES = [(144, 32), (240, 16), (480, 8)]  # (channels, spatial size)
-BATCH = 16
 IMPLS = ["ofa_fast", "ofa_fast_cl", "ofa", "ofa_cl"]
 
 
@@ -66,16 +64,7 @@ def test_bn_act(benchmark, C, H, act, mode, impl):
     assert y is not None, "batch_norm_act did not apply"
     grad = torch.randn_like(y.detach())
 
-    def run():
-        if mode == "fwd":
-            with torch.no_grad():
-                fwd()
-        else:
-            x.grad = None
-            for p in params:
-                p.grad = None
-            fwd().backward(grad)
-
+    run = op_round(fwd, x, params, grad, mode)
     benchmark.group = f"bn_act C={C} {H}x{H} {act} {mode}"
     benchmark.pedantic(run, rounds=40 if mode == "fwd" else 20, warmup_rounds=3, iterations=1)
     record(benchmark, benchmark.group, impl)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import ofa_fast
-from _bench import record, sync
+from _bench import LAYER_BATCH as BATCH, LAYER_SHAPES as SHAPES, op_round, record
 
 try:
     from ofa.imagenet_classification.elastic_nn.modules.dynamic_op import (
@@ -18,8 +18,6 @@ try:
 except Exception:  # pragma: no cover - the baseline is a test extra
     OfaConv = None
 
-SHAPES = [(144, 32), (240, 16), (480, 8)]  # (channels, spatial size)
-BATCH = 16
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
 IMPLS = ["ofa_fast", "ofa_fast_cl", "ofa", "F.conv2d", "F.conv2d_cl"]
@@ -67,18 +65,7 @@ def test_dwconv(benchmark, device, dtype, C, H, k, mode, impl):
     fwd, x, params = build(device, dtype, C, H, k, impl)
     grad = torch.randn_like(fwd().detach())
 
-    def run():
-        if mode == "fwd":
-            with torch.no_grad():
-                fwd()
-        else:
-            # fresh gradients each round, as in a training step (no accumulation)
-            x.grad = None
-            for p in params:
-                p.grad = None
-            fwd().backward(grad)
-        sync(device)
-
+    run = op_round(fwd, x, params, grad, mode, device)
     dt = str(dtype).replace("torch.", "")
     benchmark.group = f"{device} {dt} C={C} {H}x{H} k={k} {mode}"
     # CPU forwards take about a millisecond: 40 rounds keep their medians steady on a
