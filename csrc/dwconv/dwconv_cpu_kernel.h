@@ -440,13 +440,13 @@ struct ClColumns {
   }
 };
 
-// One channel block of one image: x, y point at its channel 0; wp: its packed filter.
+// Output rows [oh_begin, oh_end) of one channel block of one image: x, y point at its
+// channel 0; wp: its packed filter.
 template <typename T, int K, int S>
 OFA_INLINE void conv_image_cl(const Problem& P, const ClColumns& cc, const T* x, const Layout& Lx,
-                              const T* wp, T* y, const Layout& Ly, int64_t oh_begin = 0,
-                              int64_t oh_end = -1) {
+                              const T* wp, T* y, const Layout& Ly, int64_t oh_begin,
+                              int64_t oh_end) {
   constexpr int V = kLanes<T>;
-  if (oh_end < 0) oh_end = P.OH;
   for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
     const int64_t ih0 = oh * S - P.p;
     const int64_t i0 = std::max<int64_t>(0, -ih0), i1 = std::min<int64_t>(K, P.H - ih0);
