@@ -12,9 +12,15 @@
 // could not). Outputs go straight to a channels_last tensor, or through a tile and a
 // transpose to NCHW. The filter comes packed as [k * k][V] per channel block, read
 // once per call through the max weight's strides: no copy of the max weight.
-// The float32 channels_last forward and backward skip the tiles where that is faster
-// (fwd_cl_direct / direct_cl, bwd_cl_direct / direct_cl_bwd): a whole block of a pixel
-// is one vector load in place.
+//
+// In float32 on AVX-512 the kernels skip the tiles where that measured faster
+// (direct_fwd / direct_bwd pick, fwd_direct / bwd_direct run):
+// - channels_last: a whole block of a pixel is one vector load in place
+//   (fwd_cl_direct, bwd_cl_direct);
+// - NCHW at stride 1, k = 3 and 5: vectors along the rows of a staged, zero-padded
+//   plane, no transposes (fwd_nchw_rows, bwd_nchw_rows).
+// The rest (k = 7 at stride 1, rows too narrow for those paths, NCHW at stride 2,
+// float64, CPUs without AVX-512) keeps the tiles.
 #pragma once
 
 #include <algorithm>
