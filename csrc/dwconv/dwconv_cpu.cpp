@@ -134,11 +134,11 @@ dw::Filter<T> active_filter(const at::Tensor& weight, const DwGeometry& g) {
 // C * k * k values, read once through the weight's strides.
 // flipped: taps reversed in both dims (the gradient of the input correlates with it).
 template <typename T>
-std::vector<T> pack_filter(const at::Tensor& weight, const DwGeometry& g, bool flipped = false) {
+cpu::AlignedVector<T> pack_filter(const at::Tensor& weight, const DwGeometry& g, bool flipped = false) {
   constexpr int V = kLanes<T>;
   const dw::Filter<T> f = active_filter<T>(weight, g);
   const int64_t nb = dw::channel_blocks<T>(g.C), kk = g.k * g.k, last = g.k - 1;
-  std::vector<T> wp(static_cast<size_t>(nb * kk * V), T(0));
+  cpu::AlignedVector<T> wp(static_cast<size_t>(nb * kk * V), T(0));
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t i = 0; i < g.k; ++i)
       for (int64_t j = 0; j < g.k; ++j)
@@ -191,7 +191,7 @@ at::Tensor dwconv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64
   if (y.numel() == 0) return y;
   const dw::Problem P = problem_of(g);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ofa_fast_dwconv2d_cpu", [&] {
-    const std::vector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
+    const cpu::AlignedVector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
     const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
     const dw::Layout Ly = layout_of(g.C, g.OH, g.OW, g.channels_last);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -226,8 +226,8 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
   const dw::Problem P = problem_of(g);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ofa_fast_dwconv2d_backward_cpu", [&] {
     constexpr int V = kLanes<scalar_t>;
-    const std::vector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
-    const std::vector<scalar_t> wpf = pack_filter<scalar_t>(weight, g, /*flipped=*/true);
+    const cpu::AlignedVector<scalar_t> wp = pack_filter<scalar_t>(weight, g);
+    const cpu::AlignedVector<scalar_t> wpf = pack_filter<scalar_t>(weight, g, /*flipped=*/true);
     const dw::Layout Lg = layout_of(g.C, g.OH, g.OW, g.channels_last);
     const dw::Layout Lx = layout_of(g.C, g.H, g.W, g.channels_last);
     const bool direct = use_direct_bwd<scalar_t>(P, Lx, Lg);
@@ -238,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cpu(
     // accumulator, [blocks][k * k][lanes] (or [C][k * k][lanes] when `spread`); they are
     // added up at the end.
     const int nthreads = at::get_num_threads();
-    std::vector<scalar_t> acc(static_cast<size_t>(need_gw ? per * nthreads : 0), scalar_t(0));
+    cpu::AlignedVector<scalar_t> acc(static_cast<size_t>(need_gw ? per * nthreads : 0), scalar_t(0));
     std::vector<char> used(static_cast<size_t>(nthreads), 0);
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     const scalar_t* xp = need_gw ? x.const_data_ptr<scalar_t>() : nullptr;

@@ -118,6 +118,32 @@ OFA_INLINE void load_tile(T* tile, int64_t rows, int64_t cols, const T* src, con
   // channels are one register transpose away from V pixel vectors, whatever the width
   // (rows of 8 or 7 pixels would waste most of a transpose done row by row).
   const int64_t HW = H * W;
+  if (nch == V && HW % V == 0 && (W % V == 0 || V % W == 0) && pad_r >= 0 && pad_c >= 0 &&
+      pad_r + H <= rows && pad_c + W <= cols) {
+    // Whole registers, the common case: the V pixels of every source stretch land at
+    // the same offsets from their first one (one row of a wide plane, or V / W rows of
+    // a narrow one), so the loop has no per-lane or per-pixel branches.
+    int64_t off[V];
+    for (int t = 0; t < V; ++t) off[t] = (W >= V ? t : (t / W) * cols + t % W) * V;
+    const T* s = src;
+    T* row = tile + (pad_r * cols + pad_c) * V;  // row h of the source in the tile
+    for (int64_t m = 0, w = 0; m < HW; m += V, s += V) {
+      Vec<T, V> v[V];
+#pragma GCC unroll 16
+      for (int l = 0; l < V; ++l) v[l] = Vec<T, V>::load(s + l * L.sc);
+      transpose<T, V>(v);
+      T* d = row + w * V;
+#pragma GCC unroll 16
+      for (int t = 0; t < V; ++t) v[t].store(d + off[t]);
+      if (W < V) {
+        row += (V / W) * cols * V;
+      } else if ((w += V) == W) {
+        w = 0;
+        row += cols * V;
+      }
+    }
+    return;
+  }
   int64_t h = 0, w = 0;  // source pixel of plane offset m
   for (int64_t m = 0; m < HW; m += V) {
     const int64_t n = std::min<int64_t>(V, HW - m);
@@ -167,6 +193,17 @@ OFA_INLINE void store_tile(const T* tile, int64_t rows, int64_t cols, T* dst, co
   }
   // NCHW: the dense tile and each channel's plane list pixels in the same order
   const int64_t HW = rows * cols;
+  if (nch == V && HW % V == 0) {  // whole registers, no per-lane branches
+    for (int64_t m = 0; m < HW; m += V) {
+      Vec<T, V> v[V];
+#pragma GCC unroll 16
+      for (int t = 0; t < V; ++t) v[t] = Vec<T, V>::load(tile + (m + t) * V);
+      transpose<T, V>(v);
+#pragma GCC unroll 16
+      for (int l = 0; l < V; ++l) v[l].store(dst + l * L.sc + m);
+    }
+    return;
+  }
   for (int64_t m = 0; m < HW; m += V) {
     const int64_t n = std::min<int64_t>(V, HW - m);
     Vec<T, V> v[V];
@@ -530,7 +567,7 @@ OFA_INLINE void fwd(const Problem& P, const T* x, const Layout& Lx, const T* wp,
   const InputTile it(P);
   const int64_t xsize = it.rows * it.cols * V, ysize = P.OH * P.OW * V;
   // zero-initialised: the input tiles' borders stay zero (load_tile)
-  std::vector<T> xt(static_cast<size_t>(group * xsize)), yt(static_cast<size_t>(group * ysize));
+  AlignedVector<T> xt(static_cast<size_t>(group * xsize)), yt(static_cast<size_t>(group * ysize));
   int64_t off[kMaxK * kMaxK], woff[kMaxK * kMaxK];
   for (int64_t i = 0; i < P.k; ++i)
     for (int64_t j = 0; j < P.k; ++j) {
@@ -562,7 +599,7 @@ OFA_INLINE void fwd_cl_direct(const Problem& P, const T* x, const Layout& Lx, co
   const int64_t nb = channel_blocks<T>(P.C), kk = P.k * P.k;
   const InputTile it(P);
   const ClColumns cc(P);
-  std::vector<T> xt, yt;  // the tiles, made when a block first needs them
+  AlignedVector<T> xt, yt;  // the tiles, made when a block first needs them
   const int64_t row_bytes = (P.W * P.s + P.OW) * Lx.sw * int64_t(sizeof(T));
   const int64_t rows = std::max<int64_t>(1, kL2Band / row_bytes);
   const int64_t full_end = std::min(nb, P.C / V);  // blocks of V channels
@@ -723,7 +760,7 @@ struct BwdTiles {
   GradOutTile gtile;
   InputTile it;
   int64_t gsize, xsize, dsize, band;
-  std::vector<T> gt, xt, dt;  // zero-initialised: the tiles' borders stay zero (load_tile)
+  AlignedVector<T> gt, xt, dt;  // zero-initialised: the tiles' borders stay zero (load_tile)
 
   BwdTiles(const Problem& P_, const T* go_, const Layout& Lg_, const T* x_, const Layout& Lx_,
            const T* wp_, const T* wpf_, T* gx_, T* acc_, bool ngx, bool ngw, int64_t group)
@@ -1039,7 +1076,7 @@ OFA_INLINE void fwd_nchw_rows_k(const Problem& P, const T* x, const Layout& Lx, 
   constexpr int kk = K * K;
   const int64_t nb = channel_blocks<T>(P.C);
   const RowsBuffer rb(P.OH, P.OW, K, V);
-  std::vector<T> buf(static_cast<size_t>(rb.rows * rb.cols)), tail(4 * V);  // zeroed: see stage_plane
+  AlignedVector<T> buf(static_cast<size_t>(rb.rows * rb.cols)), tail(4 * V);  // zeroed: see stage_plane
   for (int64_t index = begin; index < end; ++index) {
     const Unit u = unit_of(index, nb, 1);
     const int64_t nch = std::min<int64_t>(V, P.C - u.b0 * V);
@@ -1151,8 +1188,8 @@ OFA_INLINE void bwd_nchw_rows_k(const Problem& P, const T* go, const Layout& Lg,
   const int64_t pt = ofa_fast::dwconv::flipped_padding(K, 1, P.p);
   const RowsBuffer gb(P.H, P.W, K, V), xb(P.OH, P.OW, K, V);
   // zeroed: see stage_plane
-  std::vector<T> gbuf(static_cast<size_t>(need_gx ? gb.rows * gb.cols : 0));
-  std::vector<T> xbuf(static_cast<size_t>(need_gw ? xb.rows * xb.cols : 0)), tail(4 * V);
+  AlignedVector<T> gbuf(static_cast<size_t>(need_gx ? gb.rows * gb.cols : 0));
+  AlignedVector<T> xbuf(static_cast<size_t>(need_gw ? xb.rows * xb.cols : 0)), tail(4 * V);
   for (int64_t index = begin; index < end; ++index) {
     const Unit u = unit_of(index, nb, 1);
     const int64_t nch = std::min<int64_t>(V, P.C - u.b0 * V);
@@ -1183,7 +1220,7 @@ OFA_INLINE void bwd_nchw_rows(const Problem& P, const T* go, const Layout& Lg, c
   else {  // not a case direct_nchw_bwd takes: the tiles, their sums into lane 0
     constexpr int V = kLanes<T>;
     const int64_t nb = channel_blocks<T>(P.C), kk = P.k * P.k;
-    std::vector<T> blocks(static_cast<size_t>(need_gw ? nb * kk * V : 0));
+    AlignedVector<T> blocks(static_cast<size_t>(need_gw ? nb * kk * V : 0));
     bwd(P, go, Lg, x, Lx, wp, wp_flipped, gx, blocks.data(), need_gx, need_gw, group, begin, end);
     if (need_gw)
       for (int64_t c = 0; c < P.C; ++c)
