@@ -66,6 +66,13 @@ OFA_CPU_AVX512 void bwd_direct_f32(const dw::Problem& P, const float* go, const 
                                    int64_t grp, int64_t b, int64_t e) {
   dw::bwd_direct<float>(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
 }
+// The tiles' backward with its AVX-512-only filter gradient (dw::BwdTiles, kPin).
+OFA_CPU_AVX512 void bwd_tiles_f32(const dw::Problem& P, const float* go, const dw::Layout& Lg,
+                                  const float* x, const dw::Layout& Lx, const float* wp,
+                                  const float* wpf, float* gx, float* acc, bool ngx, bool ngw,
+                                  int64_t grp, int64_t b, int64_t e) {
+  dw::bwd<float, true>(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
+}
 #endif
 
 // Whether the forward of this problem runs fwd_direct_f32.
@@ -103,6 +110,7 @@ void bwd_units(bool direct, const dw::Problem& P, const float* go, const dw::Lay
                float* acc, bool ngx, bool ngw, int64_t grp, int64_t b, int64_t e) {
 #if OFA_CPU_HAS_AVX512_TARGET
   if (direct) return bwd_direct_f32(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
+  if (cpu::has_avx512()) return bwd_tiles_f32(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
 #endif
   bwd(P, go, Lg, x, Lx, wp, wpf, gx, acc, ngx, ngw, grp, b, e);
 }

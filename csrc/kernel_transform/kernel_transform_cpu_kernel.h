@@ -41,7 +41,7 @@ struct Weight {
 // writes (D^2 vectors); sized for the largest step.
 template <typename T>
 struct Scratch {
-  std::vector<T> buf;
+  AlignedVector<T> buf;  // whole registers on cache-line boundaries
   int64_t per;  // elements per stage array
   explicit Scratch(const Chain& ch) : per(ch.size[0] * ch.size[0] * kLanes<T>) {
     buf.assign(static_cast<size_t>(2 * (ch.m + 1) * per), T(0));
@@ -128,7 +128,7 @@ OFA_INLINE void backward(const Chain& ch, const Weight<T>& w, const Mat<T>* M, i
   constexpr int V = kLanes<T>;
   Scratch<T> st(ch);
   const int64_t K = ch.size[0], kk = ch.size[ch.m] * ch.size[ch.m];
-  std::vector<T> gbuf(static_cast<size_t>(2 * K * K * V));
+  AlignedVector<T> gbuf(static_cast<size_t>(2 * K * K * V));
   T* g = gbuf.data();            // gradient of the current step's output
   T* dcrop = g + K * K * V;      // gradient of its crop
   for (int64_t blk = b0; blk < b1; ++blk) {
