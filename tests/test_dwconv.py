@@ -358,7 +358,7 @@ def test_cpu_channels_last_whole_blocks_any_padding(k, stride, padding, size):
                          ids=["both", "input", "weight"])
 @pytest.mark.parametrize("C,H,W", [(16, 5, 16), (40, 9, 33), (168, 7, 64), (32, 1, 24), (24, 6, 32)],
                          ids=lambda v: str(v))
-@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("k", [3, 5, 7])
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 def test_cpu_in_place_paths(cl, k, C, H, W, mask):
     fmt = torch.channels_last if cl else torch.contiguous_format

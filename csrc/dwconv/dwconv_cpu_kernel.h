@@ -19,8 +19,11 @@
 //   (fwd_cl_direct, bwd_cl_direct);
 // - NCHW at stride 1, k = 3 and 5: vectors along the rows of a staged, zero-padded
 //   plane, no transposes (fwd_nchw_rows, bwd_nchw_rows).
-// The rest (k = 7 at stride 1, rows too narrow for those paths, NCHW at stride 2,
-// float64, CPUs without AVX-512) keeps the tiles.
+// The rest (the forward at k = 7 stride 1 and NCHW's k = 7 backward, rows too narrow
+// for those paths, NCHW at stride 2, float64, CPUs without AVX-512) keeps the tiles;
+// at stride 1 their float32 AVX-512 filter gradient runs in register blocks
+// (wgrad_tile_k). Tiles, staged planes and packed filters start on cache lines
+// (AlignedVector): whole-register loads that straddle two lines cost two.
 #pragma once
 
 #include <algorithm>
@@ -978,15 +981,17 @@ OFA_INLINE void wgrad_image_cl(const Problem& P, const T* x, const Layout& Lx, c
 }
 
 // Whether the backward reads channels_last tensors in place: stride 1, dilation 1,
-// k = 3 or 5, a padding the flipped correlation can take (p <= k - 1), and rows wide
-// enough. Measured against the tiles (2 threads, batch 16, fp32, both gradients):
+// a padding the flipped correlation can take (p <= k - 1), and rows wide enough.
+// Measured against the tiles (2 threads, batch 16, fp32, both gradients):
 // k = 3 2.0x at 144x32x32, 1.2x at 240x16x16, 0.95x at 480x8x8, 0.7x at 40x9x9;
 // k = 5 1.4x at 144x32x32, 0.9x at 240x16x16, 0.7x at 480x8x8 (narrow rows are mostly
-// border columns, and their strided reads lose to the tiles' sequential staging).
+// border columns, and their strided reads lose to the tiles' sequential staging);
+// k = 7 (one thread, against the tiles' register-blocked filter gradient) 1.1x at
+// 144x32x32.
 OFA_INLINE bool direct_cl_bwd(const Problem& P, const Layout& Lx, const Layout& Lg) {
   if (!Lx.channels_last() || !Lg.channels_last() || P.s != 1 || P.d != 1) return false;
   if (P.p > P.k - 1) return false;
-  return (P.k == 3 && P.OW >= 16) || (P.k == 5 && P.OW >= 24);
+  return (P.k == 3 && P.OW >= 16) || ((P.k == 5 || P.k == 7) && P.OW >= 24);
 }
 
 // The backward when direct_cl_bwd(P, ...) holds (see bwd for the arguments): whole
@@ -1039,6 +1044,8 @@ OFA_INLINE void bwd_cl_direct(const Problem& P, const T* go, const Layout& Lg, c
     bwd_cl_direct_k<T, 3>(P, go, Lg, x, Lx, wp, wp_flipped, gx, acc, need_gx, need_gw, group, begin, end);
   else if (P.k == 5)
     bwd_cl_direct_k<T, 5>(P, go, Lg, x, Lx, wp, wp_flipped, gx, acc, need_gx, need_gw, group, begin, end);
+  else if (P.k == 7)
+    bwd_cl_direct_k<T, 7>(P, go, Lg, x, Lx, wp, wp_flipped, gx, acc, need_gx, need_gw, group, begin, end);
   else  // not a case direct_cl_bwd takes
     bwd<T, true>(P, go, Lg, x, Lx, wp, wp_flipped, gx, acc, need_gx, need_gw, group, begin, end);
 }
