@@ -17,10 +17,10 @@
 // (direct_fwd / direct_bwd pick, fwd_direct / bwd_direct run):
 // - channels_last: a whole block of a pixel is one vector load in place
 //   (fwd_cl_direct, bwd_cl_direct);
-// - NCHW at stride 1, k = 3 and 5: vectors along the rows of a staged, zero-padded
-//   plane, no transposes (fwd_nchw_rows, bwd_nchw_rows).
-// The rest (the forward at k = 7 stride 1 and NCHW's k = 7 backward, rows too narrow
-// for those paths, NCHW at stride 2, float64, CPUs without AVX-512) keeps the tiles;
+// - NCHW at stride 1, k = 3: vectors along the rows of a staged, zero-padded plane, no
+//   transposes (fwd_nchw_rows, bwd_nchw_rows).
+// The rest (the forward at k = 7 stride 1, NCHW at k = 5 and 7, rows too narrow for
+// those paths, NCHW at stride 2, float64, CPUs without AVX-512) keeps the tiles;
 // at stride 1 their float32 AVX-512 filter gradient runs in register blocks
 // (wgrad_tile_k). Tiles, staged planes and packed filters start on cache lines
 // (AlignedVector): whole-register loads that straddle two lines cost two.
@@ -1124,12 +1124,14 @@ struct RowsBuffer {
 };
 
 // Whether the forward (and, below, the backward) of NCHW tensors runs along the rows:
-// stride 1, dilation 1, k = 3, 5 or 7, a padding the flipped correlation can take, rows
-// of 16+ outputs (narrower ones would waste most of each vector).
+// stride 1, dilation 1, k = 3, a padding the flipped correlation can take, rows of 16+
+// outputs (narrower ones would waste most of each vector). The kernels take any K, but
+// against the cache-line-aligned tiles (one thread, batch 16) only k = 3 gains: forward
+// 1.2-1.5x at 28x28 and 32x32; k = 5 runs 1.1-1.3x faster on the tiles (16x16, 32x32,
+// 56x56), k = 7 about as fast.
 OFA_INLINE bool direct_nchw(const Problem& P, const Layout& Lx, const Layout& Ly) {
   if (Lx.channels_last() || Ly.channels_last() || P.s != 1 || P.d != 1) return false;
-  if (P.k != 3 && P.k != 5) return false;  // k = 7: as fast as the tiles (1.0-1.08x)
-  return P.p <= P.k - 1 && P.OW >= 16;
+  return P.k == 3 && P.p <= P.k - 1 && P.OW >= 16;
 }
 
 // Forward over NCHW units [begin, end) (one image and channel block each; see fwd).
@@ -1157,7 +1159,6 @@ template <typename T>
 OFA_INLINE void fwd_nchw_rows(const Problem& P, const T* x, const Layout& Lx, const T* wp, T* y,
                               const Layout& Ly, int64_t group, int64_t begin, int64_t end) {
   if (P.k == 3) fwd_nchw_rows_k<T, 3>(P, x, Lx, wp, y, Ly, begin, end);
-  else if (P.k == 5) fwd_nchw_rows_k<T, 5>(P, x, Lx, wp, y, Ly, begin, end);
   else fwd(P, x, Lx, wp, y, Ly, group, begin, end);  // not a case direct_nchw takes
 }
 
@@ -1231,12 +1232,12 @@ OFA_INLINE void wgrad_plane_rows(const T* xs, int64_t cols, const T* g, int64_t 
     }
 }
 
-// Whether the backward of NCHW tensors runs along the rows (as direct_nchw). Both
-// gradients against the tiles (1 thread, batch 16): k = 3 1.2-1.4x at 32x32, 1.25x at
-// 16x16, 1.3-1.4x at 17x17, 2.1-2.2x at 28x28, 1.8x at 56x56; k = 5 1.1x at 32x32,
-// 1.75x at 28x28, 1.8-1.9x at 56x56, 1.0x at 17x17, 0.86x at 16x16.
+// Whether the backward of NCHW tensors runs along the rows (as direct_nchw, on rows of
+// 24+). Both gradients against the aligned tiles with their register-blocked filter
+// gradient (1 thread, batch 16): k = 3 1.0-1.2x at 28x28 and 32x32, but 0.8-0.9x at
+// 16x16 and (noisier) 56x56; k = 5 0.7-0.95x (it was 1.1-1.9x against the old tiles).
 OFA_INLINE bool direct_nchw_bwd(const Problem& P, const Layout& Lx, const Layout& Lg) {
-  return direct_nchw(P, Lx, Lg) && (P.k == 3 || P.OW >= 24);
+  return direct_nchw(P, Lx, Lg) && P.OW >= 24;
 }
 
 // Both gradients over NCHW units [begin, end) (see bwd for the arguments, but acc:
@@ -1279,8 +1280,6 @@ OFA_INLINE void bwd_nchw_rows(const Problem& P, const T* go, const Layout& Lg, c
                               bool need_gx, bool need_gw, int64_t group, int64_t begin, int64_t end) {
   if (P.k == 3)
     bwd_nchw_rows_k<T, 3>(P, go, Lg, x, Lx, wp_flipped, gx, acc, need_gx, need_gw, begin, end);
-  else if (P.k == 5)
-    bwd_nchw_rows_k<T, 5>(P, go, Lg, x, Lx, wp_flipped, gx, acc, need_gx, need_gw, begin, end);
   else {  // not a case direct_nchw_bwd takes: the tiles, their sums into lane 0
     constexpr int V = kLanes<T>;
     const int64_t nb = channel_blocks<T>(P.C), kk = P.k * P.k;
