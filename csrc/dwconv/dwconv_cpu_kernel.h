@@ -774,6 +774,36 @@ OFA_INLINE void wgrad_block_cl(const T* x, int64_t xps, const T* g, int64_t gps,
   }
 }
 
+// wgrad_block_cl over n consecutive outputs of one row, in blocks of 8, 4, 2 and 1.
+template <typename T, int K, int Q>
+OFA_INLINE void wgrad_run_cl(const T* x, int64_t xps, const T* g, int64_t gps, int64_t n,
+                             Vec<T, kLanes<T>>* a) {
+  int64_t o = 0;
+  for (; o + 8 <= n; o += 8) wgrad_block_cl<T, K, 8, Q>(x + o * xps, xps, g + o * gps, gps, a);
+  if (o + 4 <= n) {
+    wgrad_block_cl<T, K, 4, Q>(x + o * xps, xps, g + o * gps, gps, a);
+    o += 4;
+  }
+  if (o + 2 <= n) {
+    wgrad_block_cl<T, K, 2, Q>(x + o * xps, xps, g + o * gps, gps, a);
+    o += 2;
+  }
+  if (o < n) wgrad_block_cl<T, K, 1, Q>(x + o * xps, xps, g + o * gps, gps, a);
+}
+
+// Filter row i's Q partial sums per tap (a[q * K + j]) added into acc [k * k][V].
+template <typename T, int K, int Q>
+OFA_INLINE void add_partial_sums(const Vec<T, kLanes<T>>* a, int i, T* acc) {
+  constexpr int V = kLanes<T>;
+#pragma GCC unroll 8
+  for (int j = 0; j < K; ++j) {
+    Vec<T, V> sum = Vec<T, V>::load(acc + (i * K + j) * V);
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) sum.add(a[q * K + j]);
+    sum.store(acc + (i * K + j) * V);
+  }
+}
+
 // The filter gradient of output rows [oh0, oh1) of one tile at stride 1, dilation 1
 // (OFA's case), K a constant: per filter row, blocks of R outputs of a row share each
 // input pixel's load across the K taps it feeds (wgrad_block_cl on the tile: the zero
@@ -788,28 +818,9 @@ OFA_INLINE void wgrad_tile_k(const T* xt, int64_t cols, const T* g, int64_t g_ro
     Vec<T, V> a[Q * K];
 #pragma GCC unroll 32
     for (int t = 0; t < Q * K; ++t) a[t] = Vec<T, V>::zero();
-    for (int64_t oh = oh0; oh < oh1; ++oh) {
-      const T* xr = xt + (oh + i) * cols * V;
-      const T* gr = g + oh * g_row;
-      int64_t ow = 0;
-      for (; ow + 8 <= OW; ow += 8) wgrad_block_cl<T, K, 8, Q>(xr + ow * V, V, gr + ow * V, V, a);
-      if (ow + 4 <= OW) {
-        wgrad_block_cl<T, K, 4, Q>(xr + ow * V, V, gr + ow * V, V, a);
-        ow += 4;
-      }
-      if (ow + 2 <= OW) {
-        wgrad_block_cl<T, K, 2, Q>(xr + ow * V, V, gr + ow * V, V, a);
-        ow += 2;
-      }
-      if (ow < OW) wgrad_block_cl<T, K, 1, Q>(xr + ow * V, V, gr + ow * V, V, a);
-    }
-#pragma GCC unroll 8
-    for (int j = 0; j < K; ++j) {
-      Vec<T, V> sum = Vec<T, V>::load(acc + (i * K + j) * V);
-#pragma GCC unroll 4
-      for (int q = 0; q < Q; ++q) sum.add(a[q * K + j]);
-      sum.store(acc + (i * K + j) * V);
-    }
+    for (int64_t oh = oh0; oh < oh1; ++oh)
+      wgrad_run_cl<T, K, Q>(xt + (oh + i) * cols * V, V, g + oh * g_row, V, OW, a);
+    add_partial_sums<T, K, Q>(a, i, acc);
   }
 }
 
@@ -951,31 +962,14 @@ OFA_INLINE void wgrad_image_cl(const Problem& P, const T* x, const Layout& Lx, c
       for (int64_t oh = r0; oh < r1; ++oh) {
         const T* xr = x + (oh - P.p + i) * Lx.sh;
         const T* gr = g + oh * Lg.sh;
-        int64_t ow = lo;
-        for (; ow + 8 <= hi; ow += 8)
-          wgrad_block_cl<T, K, 8, Q>(xr + (ow - P.p) * Lx.sw, Lx.sw, gr + ow * Lg.sw, Lg.sw, a);
-        if (ow + 4 <= hi) {
-          wgrad_block_cl<T, K, 4, Q>(xr + (ow - P.p) * Lx.sw, Lx.sw, gr + ow * Lg.sw, Lg.sw, a);
-          ow += 4;
-        }
-        if (ow + 2 <= hi) {
-          wgrad_block_cl<T, K, 2, Q>(xr + (ow - P.p) * Lx.sw, Lx.sw, gr + ow * Lg.sw, Lg.sw, a);
-          ow += 2;
-        }
-        if (ow < hi) wgrad_block_cl<T, K, 1, Q>(xr + (ow - P.p) * Lx.sw, Lx.sw, gr + ow * Lg.sw, Lg.sw, a);
+        wgrad_run_cl<T, K, Q>(xr + (lo - P.p) * Lx.sw, Lx.sw, gr + lo * Lg.sw, Lg.sw, hi - lo, a);
         // the border columns, spread over the partial sums
-        for (ow = 0; ow < lo; ++ow)
+        for (int64_t ow = 0; ow < lo; ++ow)
           wgrad_col_cl<T, K>(xr, Lx.sw, P.W, ow - P.p, gr + ow * Lg.sw, a + (ow % Q) * K);
-        for (ow = hi; ow < P.OW; ++ow)
+        for (int64_t ow = hi; ow < P.OW; ++ow)
           wgrad_col_cl<T, K>(xr, Lx.sw, P.W, ow - P.p, gr + ow * Lg.sw, a + ((ow - hi + lo) % Q) * K);
       }
-#pragma GCC unroll 8
-      for (int j = 0; j < K; ++j) {
-        Vec<T, V> sum = Vec<T, V>::load(acc + (i * K + j) * V);
-#pragma GCC unroll 4
-        for (int q = 0; q < Q; ++q) sum.add(a[q * K + j]);
-        sum.store(acc + (i * K + j) * V);
-      }
+      add_partial_sums<T, K, Q>(a, int(i), acc);
     }
   }
 }
