@@ -159,9 +159,9 @@ inline bool has_avx512() {
 template <typename T>
 constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
 
-// A std::vector whose data starts on a 64-byte boundary, so the kernels' vector loads
-// of its whole-register slots do not straddle two cache lines (malloc aligns to 16:
-// three of every four 64-byte loads from a plain vector cost two).
+// A std::vector whose data starts on a 64-byte boundary, so the kernels' loads of its
+// whole-register slots do not straddle two cache lines (malloc aligns to 16 bytes: in
+// three buffers of four every such load touches two lines and costs two).
 template <typename T>
 struct CacheLineAllocator {
   using value_type = T;
