@@ -351,7 +351,8 @@ def test_cpu_channels_last_whole_blocks_any_padding(k, stride, padding, size):
 # At stride 1 the float32 kernels read their tensors in place where that is faster than
 # the tiles: channels_last whole channel blocks (rows in bands across the blocks, a few
 # rows each when the image has many channels; a narrower last block through tiles), and
-# NCHW along the rows (rows of 16+ outputs; the backward on rows of whole vectors).
+# NCHW along the rows at k = 3 (forward on rows of 16+ outputs, backward on 24+); the
+# rest takes the tiles (at stride 1 their register-blocked filter gradient).
 # Forward, each gradient alone (the other masked off) and both, every padding up to
 # k - 1 (and one beyond, which takes the tiles), against the float64 reference.
 @pytest.mark.parametrize("mask", [(True, True), (True, False), (False, True)],
