@@ -33,11 +33,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -47,6 +44,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "../common/gpu.h"
 #include "dwconv.h"
 #include "dwconv_index.h"
 
@@ -100,7 +98,7 @@ __device__ __forceinline__ int64_t udiv(int64_t a, int64_t b) {
 
 template <typename T>
 __device__ __forceinline__ T* shared_buffer() {
-  extern __shared__ __align__(16) unsigned char ofa_dwconv_smem[];
+  OFA_DYNAMIC_SHARED(unsigned char, ofa_dwconv_smem);
   return reinterpret_cast<T*>(ofa_dwconv_smem);
 }
 
@@ -688,7 +686,7 @@ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return std::max(lo, std::mi
 // Blocks that fill the GPU a few times over: enough to hide latency, few enough that
 // per-block set-up (staged taps, reductions) is amortised.
 int64_t target_blocks() {
-  return int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
+  return int64_t(gpu::sm_count()) * 8;
 }
 
 // Channel lanes of the channels-last kernels: a warp across channels when C allows.
@@ -710,15 +708,15 @@ FilterView<T> filter_of(const at::Tensor& weight, const DwGeometry& g) {
 }
 
 void check_cuda(const char* op, const at::Tensor& input, const at::Tensor& weight) {
-  TORCH_CHECK(input.is_cuda(), op, ": input is on ", input.device(), "; this kernel takes CUDA tensors");
-  TORCH_CHECK(weight.is_cuda(), op, ": weight is on ", weight.device(), "; this kernel takes CUDA tensors");
+  TORCH_CHECK(gpu::on_device(input.device()), op, ": input is on ", input.device(), "; this kernel takes CUDA tensors");
+  TORCH_CHECK(gpu::on_device(weight.device()), op, ": weight is on ", weight.device(), "; this kernel takes CUDA tensors");
 }
 
 // out = the correlation P of in (forward, or flipped stride-1 gradient of the input).
 template <typename T>
 void launch_correlation(const T* in, FilterView<T> f, T* out, const ConvDims& P, bool channels_last) {
   using acc_t = at::opmath_type<T>;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = gpu::current_stream();
   if (channels_last) {
     const int CB = channel_lanes(P.C), PY = kBlock / CB;
     const int64_t cblocks = ceil_div(P.C, int64_t(CB));
@@ -729,9 +727,9 @@ void launch_correlation(const T* in, FilterView<T> f, T* out, const ConvDims& P,
     const bool done = with_fixed_shape(P.k, P.s, P.d, [&](auto ks, auto ss) {
       constexpr int KS = decltype(ks)::value, S = decltype(ss)::value;
       const size_t smem = size_t(KS * KS) * CB * sizeof(acc_t);
-      fwd_nhwc_kernel<T, KS, S><<<dim3(grid_size(cblocks), unsigned(pblocks)), dim3(CB, PY), smem, stream>>>(
+      OFA_CUDA_LAUNCH(dim3(grid_size(cblocks), unsigned(pblocks)), dim3(CB, PY), smem, stream, fwd_nhwc_kernel<T, KS, S>)(
           in, f, out, P, groups_w);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      OFA_CUDA_LAUNCH_CHECK();
     });
     if (done) return;
   } else {
@@ -739,8 +737,8 @@ void launch_correlation(const T* in, FilterView<T> f, T* out, const ConvDims& P,
     if (plan_tiles(P, P.N * P.C, sizeof(T), size_t(P.k * P.k) * sizeof(acc_t), 0, &tl)) {
       const int64_t nblocks = ceil_div(P.N * P.C, int64_t(tl.NP)) * tl.tiles_h * tl.tiles_w;
       auto launch = [&](auto kernel) {
-        kernel<<<grid_size(nblocks), tl.threads, tl.smem, stream>>>(in, f, out, P, tl, nblocks);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        OFA_CUDA_LAUNCH(grid_size(nblocks), tl.threads, tl.smem, stream, kernel)(in, f, out, P, tl, nblocks);
+        OFA_CUDA_LAUNCH_CHECK();
       };
       const bool done = with_fixed_shape(P.k, P.s, P.d, [&](auto ks, auto ss) {
         launch(fwd_nchw_tiled_kernel<T, decltype(ks)::value, decltype(ss)::value>);
@@ -750,15 +748,15 @@ void launch_correlation(const T* in, FilterView<T> f, T* out, const ConvDims& P,
     }
   }
   const int64_t total = P.N * P.C * P.OH * P.OW;
-  fwd_direct_kernel<T><<<grid_size(ceil_div(total, int64_t(kBlock))), kBlock, 0, stream>>>(
+  OFA_CUDA_LAUNCH(grid_size(ceil_div(total, int64_t(kBlock))), kBlock, 0, stream, fwd_direct_kernel<T>)(
       in, f, out, P, channels_last, total);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  OFA_CUDA_LAUNCH_CHECK();
 }
 
 template <typename T>
 void launch_backward_input(const T* go, FilterView<T> f, T* gx, const DwGeometry& g) {
   using acc_t = at::opmath_type<T>;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = gpu::current_stream();
   if (g.s == 1) {
     // Stride 1: the correlation of grad_out with the flipped filter, output = input extent.
     const ConvDims F{g.N, g.C, g.OH, g.OW, g.H, g.W, g.k, 1, g.d, flipped_padding(g.k, g.d, g.p), true};
@@ -775,17 +773,17 @@ void launch_backward_input(const T* go, FilterView<T> f, T* gx, const DwGeometry
     const bool done = with_fixed_k(g.k, Int<2>{}, [&](auto ks, auto ss) {
       constexpr int KS = decltype(ks)::value, S = decltype(ss)::value;
       const size_t smem = size_t(KS * KS) * CB * sizeof(acc_t);
-      bwd_input_nhwc_kernel<T, KS, S><<<dim3(grid_size(cblocks), unsigned(pblocks)), dim3(CB, PY), smem, stream>>>(
+      OFA_CUDA_LAUNCH(dim3(grid_size(cblocks), unsigned(pblocks)), dim3(CB, PY), smem, stream, bwd_input_nhwc_kernel<T, KS, S>)(
           go, f, gx, P);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      OFA_CUDA_LAUNCH_CHECK();
     });
     if (done) return;
   }
   const int64_t total = P.N * P.C * P.H * P.W;
   const int grid = grid_size(ceil_div(total, int64_t(kBlock)));
   auto launch = [&](auto kernel) {
-    kernel<<<grid, kBlock, 0, stream>>>(go, f, gx, P, g.channels_last, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    OFA_CUDA_LAUNCH(grid, kBlock, 0, stream, kernel)(go, f, gx, P, g.channels_last, total);
+    OFA_CUDA_LAUNCH_CHECK();
   };
   const bool done = g.s == 2 && with_fixed_k(g.k, Int<2>{}, [&](auto ks, auto ss) {
     launch(bwd_input_direct_kernel<T, decltype(ks)::value, decltype(ss)::value>);
@@ -798,7 +796,7 @@ template <typename T>
 void launch_backward_weight(const T* x, const T* go, const at::Tensor& gw, const DwGeometry& g,
                             const at::TensorOptions& options) {
   using acc_t = at::opmath_type<T>;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = gpu::current_stream();
   const ConvDims P = forward_dims(g);
   const int64_t kk = g.k * g.k;
   const auto acc_options = options.dtype(at::toOpMathType(options.dtype().toScalarType()));
@@ -821,9 +819,9 @@ void launch_backward_weight(const T* x, const T* go, const at::Tensor& gw, const
       acc_t* part = scratch(
           clamp64(ceil_div(target_blocks(), cblocks), 1, std::min<int64_t>(ceil_div(npg, PY), 65535)));
       const size_t smem = size_t(PY) * kWgradBatch * CB * sizeof(acc_t);
-      wgrad_nhwc_kernel<T, KS, S><<<dim3(grid_size(cblocks), unsigned(chunks)), dim3(CB, PY), smem, stream>>>(
+      OFA_CUDA_LAUNCH(dim3(grid_size(cblocks), unsigned(chunks)), dim3(CB, PY), smem, stream, wgrad_nhwc_kernel<T, KS, S>)(
           x, go, part, P, groups_w, chunks);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      OFA_CUDA_LAUNCH_CHECK();
     });
   } else {
     Tiles tl;
@@ -832,9 +830,9 @@ void launch_backward_weight(const T* x, const T* go, const at::Tensor& gw, const
       done = with_fixed_shape(g.k, g.s, g.d, [&](auto ks, auto ss) {
         constexpr int KS = decltype(ks)::value, S = decltype(ss)::value;
         acc_t* part = scratch(clamp64(ceil_div(target_blocks(), P.C), 1, std::min<int64_t>(total, 65535)));
-        wgrad_nchw_tiled_kernel<T, KS, S><<<dim3(grid_size(P.C), unsigned(chunks)), tl.threads, tl.smem, stream>>>(
+        OFA_CUDA_LAUNCH(dim3(grid_size(P.C), unsigned(chunks)), tl.threads, tl.smem, stream, wgrad_nchw_tiled_kernel<T, KS, S>)(
             x, go, part, P, tl, chunks);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        OFA_CUDA_LAUNCH_CHECK();
       });
     }
   }
@@ -843,15 +841,15 @@ void launch_backward_weight(const T* x, const T* go, const at::Tensor& gw, const
     acc_t* part = scratch(clamp64(ceil_div(target_blocks(), P.C), 1, std::min<int64_t>(ceil_div(M, kBlock), 65535)));
     const int64_t lanes = std::max<int64_t>(1, kBlock / kk);
     const size_t smem = size_t(lanes * kk) * sizeof(acc_t);
-    wgrad_direct_kernel<T><<<dim3(grid_size(P.C), unsigned(chunks)), kBlock, smem, stream>>>(
+    OFA_CUDA_LAUNCH(dim3(grid_size(P.C), unsigned(chunks)), kBlock, smem, stream, wgrad_direct_kernel<T>)(
         x, go, part, P, g.channels_last, chunks);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    OFA_CUDA_LAUNCH_CHECK();
   }
   T* crop = gw.mutable_data_ptr<T>() + g.crop * gw.stride(2) + g.crop * gw.stride(3);
-  wgrad_finish_kernel<T><<<grid_size(ceil_div(g.C * kk, int64_t(kBlock))), kBlock, 0, stream>>>(
+  OFA_CUDA_LAUNCH(grid_size(ceil_div(g.C * kk, int64_t(kBlock))), kBlock, 0, stream, wgrad_finish_kernel<T>)(
       partial.const_data_ptr<acc_t>(), chunks, g.C, int(g.k), crop, gw.stride(0), gw.stride(2),
       gw.stride(3));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  OFA_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -861,7 +859,7 @@ at::Tensor dwconv2d_cuda(const at::Tensor& input, const at::Tensor& weight, int6
   const char* op = "ofa_fast.dwconv2d";
   const DwGeometry g = dwconv_geometry(input, weight, kernel_size, stride, dilation, padding, op);
   check_cuda(op, input, weight);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const gpu::DeviceGuard guard(input.device());
   const at::Tensor x = input.contiguous(format_of(g));
   at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, input.options().memory_format(format_of(g)));
   if (y.numel() == 0) return y;
@@ -879,7 +877,7 @@ at::Tensor dwconv2d_backward_input_cuda(const at::Tensor& grad_output, const at:
   const DwGeometry g = dwconv_geometry(input, weight, kernel_size, stride, dilation, padding, op);
   dwconv_check_grad_output(grad_output, input, g, op);
   check_cuda(op, input, weight);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const gpu::DeviceGuard guard(input.device());
   at::Tensor gx = at::empty({g.N, g.C, g.H, g.W}, input.options().memory_format(format_of(g)));
   if (gx.numel() == 0) return gx;
   const at::Tensor go = grad_output.contiguous(format_of(g));
@@ -897,7 +895,7 @@ at::Tensor dwconv2d_backward_weight_cuda(const at::Tensor& grad_output, const at
   const DwGeometry g = dwconv_geometry(input, weight, kernel_size, stride, dilation, padding, op);
   dwconv_check_grad_output(grad_output, input, g, op);
   check_cuda(op, input, weight);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const gpu::DeviceGuard guard(input.device());
   // Full-size gradient of the max weight: zero outside the active crop of weight[:C].
   at::Tensor gw = at::zeros(weight.sizes(), weight.options());
   if (g.N * g.OH * g.OW == 0) return gw;
@@ -926,11 +924,13 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_cuda(
   return {gx, gw};
 }
 
+#ifndef OFA_FAST_CUDA_EMULATION  // the emulator's tests call the functions directly
 TORCH_LIBRARY_IMPL(ofa_fast, CUDA, m) {
   m.impl("dwconv2d", &dwconv2d_cuda);
   m.impl("dwconv2d_backward_input", &dwconv2d_backward_input_cuda);
   m.impl("dwconv2d_backward_weight", &dwconv2d_backward_weight_cuda);
   m.impl("dwconv2d_backward", &dwconv2d_backward_cuda);
 }
+#endif
 
 }  // namespace ofa_fast
