@@ -29,16 +29,27 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def emu():
-    """The emulated CUDA ops (built once into build/cuda_emulated; ninja rebuilds what a
-    changed source or header touches)."""
+    """The emulated CUDA ops, built once into build/cuda_emulated (ninja rebuilds what a
+    changed source or header touches). OFA_FAST_EMU_SANITIZE=address builds them with
+    AddressSanitizer (an out-of-bounds read or write in any kernel ends the run with a
+    report; run it as .ci/run does: libasan and libstdc++ in LD_PRELOAD,
+    ASAN_OPTIONS=detect_leaks=0, pytest --capture=sys)."""
     from torch.utils.cpp_extension import load
-    build = os.path.join(ROOT, "build", "cuda_emulated")
+    sanitize = os.environ.get("OFA_FAST_EMU_SANITIZE", "")
+    if sanitize not in ("", "address"):
+        raise ValueError(f"OFA_FAST_EMU_SANITIZE={sanitize!r}: the allowed values are '' and 'address'")
+    name, cflags, ldflags = "ofa_fast_cuda_emulated", ["-O2", "-DOFA_FAST_CUDA_EMULATION",
+                                                      "-Wno-unknown-pragmas"], []
+    if sanitize:
+        name += "_asan"
+        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+        ldflags += ["-fsanitize=address"]
+    build = os.path.join(ROOT, "build", name)
     os.makedirs(build, exist_ok=True)
     sources = [os.path.join(EMU, f) for f in
                ("module.cpp", "dwconv_cuda_emulated.cpp", "kernel_transform_cuda_emulated.cpp")]
     sources += [os.path.join(ROOT, "csrc", d, f"{d}_common.cpp") for d in ("dwconv", "kernel_transform")]
-    module = load("ofa_fast_cuda_emulated", sources, build_directory=build,
-                  extra_cflags=["-O2", "-DOFA_FAST_CUDA_EMULATION", "-Wno-unknown-pragmas"],
+    module = load(name, sources, build_directory=build, extra_cflags=cflags, extra_ldflags=ldflags,
                   extra_include_paths=[os.path.join(ROOT, "csrc"), EMU])
     module.set_sm_count(4)
     module.take_launches()

@@ -30,6 +30,8 @@
 //     fwd_direct, bwd_input_direct<0,0>, wgrad_direct.
 //   wgrad_finish             sums the partials in chunk order (deterministic) into the
 //                             active crop of the full weight gradient.
+// The runtime is reached only through common/gpu.h, so this file also builds as C++
+// against the CPU emulator the tests run it on (tests/test_cuda_emulated.py).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>

@@ -11,6 +11,8 @@
 //                      G_q[c, r] * F_q[c, e], reduced in a fixed order (deterministic,
 //                      no atomics).
 // The max weight, the matrices and grad are read in place through their strides.
+// The runtime is reached only through common/gpu.h, so this file also builds as C++
+// against the CPU emulator the tests run it on (tests/test_cuda_emulated.py).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>

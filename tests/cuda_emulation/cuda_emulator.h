@@ -42,6 +42,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 // ---- CUDA's names --------------------------------------------------------------
 
 #define __global__
@@ -70,6 +74,9 @@ struct uint3 {
 // the stack pointer, the SSE and x87 control words; no system call), elsewhere ucontext.
 #if defined(__x86_64__)
 #define OFA_FAST_EMU_ASM_SWITCH 1
+#if defined(__SANITIZE_ADDRESS__)
+#define OFA_FAST_EMU_ASAN 1  // AddressSanitizer is told of every switch
+#endif
 // Saves the caller's context on its stack, stores its stack pointer in *save, resumes
 // the context whose stack pointer is `to` (defined once, in module.cpp).
 extern "C" void ofa_fast_emu_switch(void** save, void* to);
@@ -80,6 +87,7 @@ struct Fiber {
   enum State { kRunnable, kAtSync, kAtShuffle, kDone };
 #if OFA_FAST_EMU_ASM_SWITCH
   void* sp = nullptr;
+  void* fake_stack = nullptr;  // AddressSanitizer's
 #else
   ucontext_t ctx;
 #endif
@@ -113,6 +121,9 @@ struct State {
   Fiber* current = nullptr;
 #if OFA_FAST_EMU_ASM_SWITCH
   void* scheduler = nullptr;
+  void* scheduler_fake_stack = nullptr;  // AddressSanitizer's view of the scheduler's stack
+  const void* scheduler_stack = nullptr;
+  size_t scheduler_stack_size = 0;
 #else
   ucontext_t scheduler;
 #endif
@@ -128,11 +139,21 @@ inline State& state() {
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kMaxDynamicShared = 48 * 1024;
 
-inline void yield_to_scheduler() {
+// From the running fiber back to the scheduler (`last`: the fiber has ended).
+inline void yield_to_scheduler(bool last = false) {
   State& s = state();
 #if OFA_FAST_EMU_ASM_SWITCH
-  ofa_fast_emu_switch(&s.current->sp, s.scheduler);
+  Fiber* f = s.current;
+#if OFA_FAST_EMU_ASAN
+  __sanitizer_start_switch_fiber(last ? nullptr : &f->fake_stack, s.scheduler_stack,
+                                 s.scheduler_stack_size);
+#endif
+  ofa_fast_emu_switch(&f->sp, s.scheduler);
+#if OFA_FAST_EMU_ASAN
+  __sanitizer_finish_switch_fiber(f->fake_stack, &s.scheduler_stack, &s.scheduler_stack_size);
+#endif
 #else
+  (void)last;
   if (swapcontext(&s.current->ctx, &s.scheduler) != 0) std::abort();
 #endif
 }
@@ -150,8 +171,11 @@ inline void run_body(State& s) {
 // First code of a fiber; never returns (a finished fiber is never resumed).
 [[noreturn]] inline void fiber_entry() {
   State& s = state();
+#if OFA_FAST_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &s.scheduler_stack, &s.scheduler_stack_size);
+#endif
   run_body(s);
-  yield_to_scheduler();
+  yield_to_scheduler(/*last=*/true);
   std::abort();
 }
 // A new fiber's stack as ofa_fast_emu_switch leaves one: control words, six zeroed
@@ -166,7 +190,15 @@ inline void start_fiber(Fiber& f) {
   *--sp = uint64_t(0x1F80) | (uint64_t(0x037F) << 32);  // MXCSR, x87 control word
   f.sp = sp;
 }
-inline void resume(State& s, Fiber& f) { ofa_fast_emu_switch(&s.scheduler, f.sp); }
+inline void resume(State& s, Fiber& f) {
+#if OFA_FAST_EMU_ASAN
+  __sanitizer_start_switch_fiber(&s.scheduler_fake_stack, f.stack.get(), kStackBytes);
+#endif
+  ofa_fast_emu_switch(&s.scheduler, f.sp);
+#if OFA_FAST_EMU_ASAN
+  __sanitizer_finish_switch_fiber(s.scheduler_fake_stack, nullptr, nullptr);
+#endif
+}
 #else
 inline void fiber_entry() { run_body(state()); }  // uc_link returns to the scheduler
 inline void start_fiber(Fiber& f) {
