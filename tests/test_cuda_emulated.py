@@ -1,6 +1,7 @@
 """The CUDA kernels' device code, run on the CPU. csrc/*/*.cu compiled as C++ against
-tests/cuda_emulation/cuda_emulator.h (a block's threads as fibers; __syncthreads, warp
-shuffles, shared memory and launch limits held to CUDA's rules, misuse an error) and
+tests/cuda_emulation/cuda_emulator.h (a block's threads as fibers, run first to last and
+last to first between barriers; __syncthreads, warp shuffles, shared memory and launch
+limits held to CUDA's rules, misuse an error) and
 checked against the float64 reference: every kernel path, named from the launch log,
 over the kernel sizes, strides, dilations, paddings, formats, awkward sizes and dtypes of
 the CUDA tests. What this cannot show: timing, and races between blocks (blocks run one
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def emu():
+def emu_module():
     """The emulated CUDA ops, built once into build/cuda_emulated (ninja rebuilds what a
     changed source or header touches). OFA_FAST_EMU_SANITIZE=address builds them with
     AddressSanitizer (an out-of-bounds read or write in any kernel ends the run with a
@@ -54,6 +55,15 @@ def emu():
     module.set_sm_count(4)
     module.take_launches()
     return module
+
+
+@pytest.fixture(params=["first_to_last", "last_to_first"])
+def emu(emu_module, request):
+    """The emulated ops, a block's threads run in either order between barriers (a
+    missing barrier shows in one of them)."""
+    emu_module.set_reverse(request.param == "last_to_first")
+    yield emu_module
+    emu_module.set_reverse(False)
 
 
 @functools.lru_cache(maxsize=None)

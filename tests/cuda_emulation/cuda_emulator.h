@@ -7,9 +7,11 @@
 // this header included first, that surface maps here.
 //
 // How it runs: a launch runs its blocks one after another; a block's threads are fibers
-// on the calling OS thread, switched only at __syncthreads and warp shuffles.
-// So a block's shared memory is one buffer, each fiber's registers are its own stack, and
-// every interleaving that CUDA's barriers allow is one of the emulator's.
+// on the calling OS thread, switched only at __syncthreads and warp shuffles. So a
+// block's shared memory is one buffer and each fiber's registers are its own stack.
+// Between barriers the threads run one after another, first to last or (`reverse`)
+// last to first: a missing barrier shows in one order or the other as a read of shared
+// memory not yet written (NaN, below) or one that another thread has since overwritten.
 //
 // Strict where CUDA leaves behaviour undefined or a GPU would refuse, the launch fails
 // with a c10::Error naming what went wrong:
@@ -105,6 +107,9 @@ struct Launch;
 struct State {
   // configuration (set by the tests)
   int sm_count = 4;
+  // run a block's threads last to first between barriers: a thread that reads shared
+  // memory another wrote with no barrier between then reads it before it is written
+  bool reverse = false;
   // launch log: the kernel's address (offset in its shared object is resolved by the
   // tests), grid, block, dynamic shared memory
   struct Record {
@@ -291,8 +296,8 @@ inline void run_block(State& s, const std::function<void()>& body) {
     return std::make_tuple(done, sync, shuffle);
   };
   for (;;) {
-    for (size_t i = 0; i < n; ++i) {
-      Fiber& f = s.fibers[i];
+    for (size_t r = 0; r < n; ++r) {
+      Fiber& f = s.fibers[s.reverse ? n - 1 - r : r];
       if (f.state != Fiber::kRunnable) continue;
       s.current = &f;
       resume(s, f);

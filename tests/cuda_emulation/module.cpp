@@ -154,6 +154,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     TORCH_CHECK(n >= 1 && n <= 1024, "sm count ", n, " (1..1024)");
     ofa_fast_emu::state().sm_count = int(n);
   });
+  m.def("set_reverse", [](bool reverse) { ofa_fast_emu::state().reverse = reverse; });
   m.def("take_launches", &take_launches);
   m.def("block_sums", &block_sums);
   m.def("run_bad_kernel", &run_bad_kernel);
