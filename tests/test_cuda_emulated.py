@@ -186,6 +186,15 @@ def test_dwconv_grid_shapes(emu, C, sm_count, cl):
         emu.set_sm_count(4)
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("C,H,k,s", [(16, 112, 3, 1), (96, 112, 7, 2), (1152, 7, 7, 1)],
+                         ids=["16x112x112_k3", "96x112x112_k7s2", "1152x7x7_k7"])
+def test_dwconv_network_shapes(emu, C, H, k, s, cl):
+    """Layers of OFA's MobileNetV3 at 224 px (w1.2's widest): many tiles per plane, and
+    many channel blocks."""
+    check_dwconv(emu, ConvCase(2, C, C, H, H, 7, k, s, 1, cl), torch.float32)
+
+
 def test_dwconv_reads_the_weight_through_its_strides(emu):
     for cl in (False, True):
         check_dwconv(emu, ConvCase(2, 5, 9, 9, 9, 7, 5, 1, 1, cl), torch.float32, strided_weight=True)
