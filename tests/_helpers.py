@@ -13,7 +13,8 @@ from ofa_fast import backend as _backend
 
 HAS_CUDA = torch.cuda.is_available()
 NO_CUDA_REASON = ("no CUDA GPU here: the CUDA kernels are compiled (CI checks that) but can "
-                  "only run where a GPU is present")
+                  "only run where a GPU is present (their device code runs on the CPU emulator "
+                  "in test_cuda_emulated.py)")
 
 # float tolerance of max|actual - expected| relative to max|expected|
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}

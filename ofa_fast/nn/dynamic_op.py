@@ -72,8 +72,9 @@ class DynamicSeparableConv2d(nn.Module):
     def _transform_matrices(self):
         if self.KERNEL_TRANSFORM_MODE is None:
             return None
-        return {name[:-len("_matrix")]: p for name, p in self.named_parameters(recurse=False)
-                if name.endswith("_matrix")}
+        # this module's own parameters (named_parameters' generator costs more than the op)
+        return {name[:-len("_matrix")]: p for name, p in self._parameters.items()
+                if p is not None and name.endswith("_matrix")}
 
     def _check_kernel_size(self, kernel_size):
         if is_symbolic(kernel_size):  # torch.compile: checked eagerly, and by the op (ops/_common.py)
@@ -106,9 +107,12 @@ class DynamicSeparableConv2d(nn.Module):
             raise ValueError(f"{type(self).__name__}: input has {x.size(1)} channels, more than "
                              f"max_in_channels = {self.max_in_channels}")
         self._check_kernel_size(kernel_size)
-        return ops.elastic_dwconv2d(x, self.conv.weight, kernel_size, self._ks_set,
-                                    self._transform_matrices(), self.stride, self.dilation,
-                                    op=type(self).__name__)
+        # the matrices only matter below the max kernel size (a symbolic one may be below)
+        mats = None
+        if is_symbolic(kernel_size) or kernel_size != self._ks_set[-1]:
+            mats = self._transform_matrices()
+        return ops.elastic_dwconv2d(x, self.conv.weight, kernel_size, self._ks_set, mats,
+                                    self.stride, self.dilation, op=type(self).__name__)
 
 
 def _check_active(owner, name, value, maximum, minimum=1):

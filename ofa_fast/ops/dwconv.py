@@ -165,6 +165,12 @@ def dwconv2d(x, weight, kernel_size, stride=1, dilation=1, padding=None):
             and weight.dim() == 4:
         x, weight, _, _ = autocast_inputs(x, weight, None, x.shape[1])
     check_dwconv_args(x, weight, kernel_size, stride, dilation, padding)
+    return dwconv2d_checked(x, weight, kernel_size, stride, dilation, padding)
+
+
+def dwconv2d_checked(x, weight, kernel_size, stride, dilation, padding):
+    """dwconv2d on the chosen backend for arguments already cast and checked (callers
+    that checked them against the max weight: ops/elastic_dwconv.py)."""
     name = backend.resolve(x.device.type, x.dtype)
     return _IMPLS[name](x, weight, kernel_size, stride, dilation, padding)
 

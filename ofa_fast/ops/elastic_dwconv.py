@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import torch
 
 from ._common import autocast_inputs, conv_out_size, is_symbolic, output_memory_format
-from .dwconv import check_dwconv_args, dwconv2d, dwconv2d_backward
+from .dwconv import check_dwconv_args, dwconv2d, dwconv2d_backward, dwconv2d_checked
 from .kernel_transform import kernel_transform, kernel_transform_backward
 
 __all__ = ["elastic_dwconv2d", "transform_chain"]
@@ -87,7 +87,8 @@ def elastic_dwconv2d(x, weight, kernel_size, kernel_size_list=None, transform_ma
         chain = transform_chain(ks_list, kernel_size)
         mats = _chain_matrices(op, transform_matrices, chain)
         filters = kernel_transform(weight, mats, chain, x.shape[1])
-    return dwconv2d(x, filters, kernel_size, stride, dilation, padding)
+    # checked above against the max weight: the active filter needs no second check
+    return dwconv2d_checked(x, filters, kernel_size, stride, dilation, padding)
 
 
 # ---- one op with a symbolic kernel size (torch.compile) ---------------------------------
