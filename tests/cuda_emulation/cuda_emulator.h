@@ -33,8 +33,8 @@
 #include <c10/util/Exception.h>
 #include <ucontext.h>
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -101,8 +101,6 @@ struct Fiber {
   unsigned mask = 0, size = 0, src_lane = 0;
   alignas(16) unsigned char in[16], out[16];
 };
-
-struct Launch;
 
 struct State {
   // configuration (set by the tests)
