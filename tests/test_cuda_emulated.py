@@ -79,15 +79,33 @@ def _kernel_names(path):
     return names
 
 
+@functools.lru_cache(maxsize=None)
+def _launch_bounds():
+    """Kernel name -> the thread count its __launch_bounds__ declares (from the .cu
+    sources; the emulator drops the attribute, so the tests hold launches to it)."""
+    bounds = {}
+    for d in ("dwconv", "kernel_transform"):
+        src = open(os.path.join(ROOT, "csrc", d, f"{d}_cuda.cu")).read()
+        consts = dict(re.findall(r"constexpr int (\w+) = (\d+);", src))
+        for value, name in re.findall(r"__launch_bounds__\((\w+)\)\s+(\w+)\(", src):
+            bounds[name] = int(consts.get(value, value))
+    return bounds
+
+
 def launched(emu, fn):
-    """Runs fn(); returns what it returned and the names of the kernels it launched."""
+    """Runs fn(); returns what it returned and the names of the kernels it launched
+    (each launch checked against its kernel's __launch_bounds__)."""
     emu.take_launches()
     result = fn()
     names = _kernel_names(emu.__file__)
     ran = set()
     for offset, grid, block, smem in emu.take_launches():
         assert offset in names, f"a launch of an unnamed function at offset {offset:#x}"
-        ran.add(names[offset])
+        name = names[offset]
+        bound = _launch_bounds()[name.split("<")[0]]
+        assert block[0] * block[1] * block[2] <= bound, \
+            f"{name}: block {block} exceeds its __launch_bounds__({bound})"
+        ran.add(name)
     return result, ran
 
 
@@ -127,7 +145,7 @@ def check_dwconv(emu, case, dtype, padding=None, strided_weight=False):
     p = case.padding if padding is None else padding
     x, w = _inputs(case, dtype, strided_weight)
     args = (case.k, case.stride, case.dilation, p)
-    y = emu.dwconv2d(x, w, *args)
+    y, _ = launched(emu, lambda: emu.dwconv2d(x, w, *args))
     x64 = x.double().requires_grad_()
     w64 = w.double().requires_grad_()
     y64 = dwconv2d_reference(x64, w64, *args)
@@ -135,8 +153,8 @@ def check_dwconv(emu, case, dtype, padding=None, strided_weight=False):
     if case.channels_last:
         g = g.contiguous(memory_format=torch.channels_last)
     gx64, gw64 = torch.autograd.grad(y64, (x64, w64), g.double())
-    gx = emu.dwconv2d_backward_input(g, x, w, *args)
-    gw = emu.dwconv2d_backward_weight(g, x, w, *args)
+    gx, _ = launched(emu, lambda: emu.dwconv2d_backward_input(g, x, w, *args))
+    gw, _ = launched(emu, lambda: emu.dwconv2d_backward_weight(g, x, w, *args))
     assert_close(y, y64, dtype, f"{case} p{p} output")
     assert_close(gx, gx64, dtype, f"{case} p{p} grad input")
     assert_close(gw, gw64, dtype, f"{case} p{p} grad weight")
